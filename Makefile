@@ -1,0 +1,63 @@
+# gnld: every target runs inside the Debian sid build root (tools/sidroot)
+# unless this host already has TensorFlow Lite's C API and OpenCV 4.10, or
+# we are already inside the root. A person types `make test`, never chroot.
+#
+#   make setup    build the root (cached in ~/.cache/gnld) and the binaries
+#   make run      demo: default bundle, MTD sample images, local broker
+#   make test     all tests, Go and Python
+#   make bench    per-stage latency, RSS, Go vs Python pipeline
+#   make model    retrain the default bundle in models/default from MTD
+
+SHELL := /bin/bash
+MTD ?= $(abspath ../shared/data/mtd)
+export MTD
+
+# Native when the C libraries are here already, or when inside the root.
+NATIVE := $(shell if [ -n "$$GNLD_IN_ROOT" ]; then echo 1; \
+  elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
+       && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
+
+TARGETS := build run test test-go test-py bench model lint clean-bin
+
+ifeq ($(NATIVE),)
+# ---- host side: forward to the root -------------------------------------
+.PHONY: setup $(TARGETS)
+setup:
+	tools/sidroot ensure
+	tools/sidroot run $(MAKE) --no-print-directory build
+$(TARGETS):
+	tools/sidroot run $(MAKE) --no-print-directory $@
+else
+# ---- native side ---------------------------------------------------------
+GO ?= go
+PY ?= python3
+export PYTHONPATH := $(CURDIR)/models
+BIN := bin
+
+.PHONY: setup $(TARGETS)
+setup: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+run: build
+	tools/demo
+
+test: test-go test-py
+
+test-go:
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+test-py:
+	cd models && $(PY) -m pytest -q
+
+bench: build
+	tools/bench
+
+model:
+	$(PY) -m gnl fit --data $(MTD) --out models/default
+
+clean-bin:
+	rm -rf $(BIN)
+endif
