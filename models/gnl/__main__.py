@@ -1,0 +1,5 @@
+import sys
+
+from gnl.cli import main
+
+sys.exit(main())
