@@ -1,0 +1,41 @@
+"""Regenerate the tiny test bundles in models/testdata/ (committed, ~200 KB).
+
+    tools/sidroot run bash -c 'PYTHONPATH=models python models/testdata/make_tiny.py'
+
+tiny/        int8 (the export default) of the stand-in net (tests/standin.py)
+tiny-float/  the same net in float32
+
+Input 160x128 (W x H, deliberately not square, so that a swapped width and
+height fails the tests), map 40x32. Calibration: 8 images from MTD
+train/good. Weights are random with a fixed seed, so the maps are
+meaningless but deterministic; the Go and Python tests only need a real
+graph with gnld's input and output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from gnl.export import calibration_images, export_model  # noqa: E402
+from standin import StandIn  # noqa: E402
+
+MTD = Path(os.environ.get("MTD", HERE.parents[2] / "shared" / "data" / "mtd"))
+CONFIG = {"data": "mtd", "method": "gnl", "backbone": "standin-random", "fingerprint": "",
+          "images": 0, "epochs": 0, "seed": 0, "image_size": 128}
+
+
+def main() -> None:
+    calib = calibration_images(MTD / "train" / "good", 8)
+    for name, quantize in (("tiny", True), ("tiny-float", False)):
+        out = export_model(StandIn(width=8, seed=0), HERE / name, calib, CONFIG,
+                           quantize=quantize, size=(160, 128))
+        print(out, (out / "model.tflite").stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+// Package runtime runs a TensorFlow Lite model through the TFLite C API. It is
+// the only package in gnld that imports go-tflite or links
+// libtensorflowlite_c; everything above it sees Interpreter and Tensor.
+//
+// Lifecycle: New loads the model, applies the delegate (or falls back to the
+// CPU with a warning), allocates tensors and checks that the model has the
+// shape gnld expects: one NHWC image input [1,H,W,3] and one map output
+// [1,h,w,1] or [1,h,w], each float32, int8 or uint8. The caller then writes
+// the input through Input(), calls Invoke and reads Output(), as often as it
+// likes, and finally calls Close once.
+//
+// An Interpreter is NOT safe for concurrent use: TFLite interpreters keep
+// per-call state in their tensors. Use one per goroutine (gnld uses one per
+// camera); several may share nothing but the model file.
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	tflite "github.com/mattn/go-tflite"
+	"github.com/mattn/go-tflite/delegates"
+)
+
+// Options choose how the model runs.
+type Options struct {
+	// Threads for the CPU kernels (XNNPACK); 0 means 1.
+	Threads int
+	// Delegate: "" or "cpu" for the CPU (XNNPACK, built into Debian's
+	// TFLite); "gpu" for the OpenCL GPU delegate (only in binaries built with
+	// -tags gpu); anything else is the path of an external delegate .so
+	// loaded through TFLite's external delegate API.
+	Delegate string
+}
+
+// Interpreter is one loaded model, ready to Invoke. Not goroutine-safe.
+type Interpreter struct {
+	model    *tflite.Model
+	options  *tflite.InterpreterOptions
+	interp   *tflite.Interpreter
+	delegate delegates.Delegater // nil on the CPU
+	errs     *errorLog
+	applied  string
+	in, out  *Tensor
+}
+
+// New loads modelPath and prepares it to run with opt. When the requested
+// delegate cannot be created or applied, New logs a warning with the reason
+// and runs on the CPU instead; it fails only if the CPU cannot run the model.
+func New(modelPath string, opt Options) (*Interpreter, error) {
+	if _, err := os.Stat(modelPath); err != nil {
+		return nil, fmt.Errorf("%s: cannot open model: %w; run `gnl export` to write the bundle, or point --model at a bundle folder", modelPath, err)
+	}
+	model := tflite.NewModelFromFile(modelPath)
+	if model == nil {
+		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (truncated or corrupt?); re-export the bundle with `gnl export`", modelPath)
+	}
+	threads := max(opt.Threads, 1)
+	kind := delegateKind(opt.Delegate)
+	if kind != "cpu" {
+		ip, err := build(model, threads, opt.Delegate)
+		if err == nil {
+			return ip.check(modelPath)
+		}
+		slog.Warn("delegate not applied, running on the CPU", "model", modelPath, "delegate", opt.Delegate, "err", err)
+	}
+	ip, err := build(model, threads, "")
+	if err != nil {
+		model.Delete()
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
+	}
+	return ip.check(modelPath)
+}
+
+func delegateKind(d string) string {
+	switch d {
+	case "", "cpu":
+		return "cpu"
+	case "gpu":
+		return "gpu"
+	}
+	return "external"
+}
+
+// build makes an interpreter for model with the given delegate ("" for the
+// CPU) and allocates its tensors. On error it frees everything but model.
+func build(model *tflite.Model, threads int, delegate string) (*Interpreter, error) {
+	ip := &Interpreter{model: model, applied: "cpu"}
+	ip.options = tflite.NewInterpreterOptions()
+	if ip.options == nil {
+		return nil, errors.New("cannot create TFLite interpreter options")
+	}
+	ip.options.SetNumThread(threads)
+	ip.errs = newErrorLog(ip.options)
+	if delegate != "" {
+		d, err := newDelegate(delegate)
+		if err != nil {
+			ip.free()
+			return nil, err
+		}
+		ip.delegate, ip.applied = d, delegate
+		ip.options.AddDelegate(d)
+	}
+	ip.interp = tflite.NewInterpreter(model, ip.options)
+	if ip.interp == nil {
+		err := fmt.Errorf("TensorFlow Lite cannot build an interpreter: %s; usually an op or op version newer than this TFLite (2.14): re-export with the pinned converter (`gnl export`)", ip.errs.take())
+		ip.free()
+		return nil, err
+	}
+	if st := ip.interp.AllocateTensors(); st != tflite.OK {
+		err := fmt.Errorf("TensorFlow Lite cannot allocate tensors: %s", ip.errs.take())
+		ip.free()
+		return nil, err
+	}
+	return ip, nil
+}
+
+// check verifies gnld's model shape and binds the input and output tensors.
+func (ip *Interpreter) check(modelPath string) (*Interpreter, error) {
+	fail := func(format string, a ...any) (*Interpreter, error) {
+		ip.Close()
+		return nil, fmt.Errorf("%s: %s; export an image-to-map model with `gnl export`", modelPath, fmt.Sprintf(format, a...))
+	}
+	if n, m := ip.interp.GetInputTensorCount(), ip.interp.GetOutputTensorCount(); n != 1 || m != 1 {
+		return fail("model has %d inputs and %d outputs, want 1 and 1", n, m)
+	}
+	in, err := newTensor(ip.interp.GetInputTensor(0))
+	if err != nil {
+		return fail("input: %v", err)
+	}
+	out, err := newTensor(ip.interp.GetOutputTensor(0))
+	if err != nil {
+		return fail("output: %v", err)
+	}
+	if s := in.info.Shape; len(s) != 4 || s[0] != 1 || s[3] != 3 {
+		return fail("input shape %v, want [1 H W 3] (NHWC)", s)
+	}
+	s := out.info.Shape
+	if !(len(s) == 4 && s[0] == 1 && s[3] == 1) && !(len(s) == 3 && s[0] == 1) {
+		return fail("output shape %v, want [1 h w 1] or [1 h w]", s)
+	}
+	ip.in, ip.out = in, out
+	return ip, nil
+}
+
+// Input is the input tensor; write into its buffer, then Invoke.
+func (ip *Interpreter) Input() *Tensor { return ip.in }
+
+// Output is the output tensor; its buffer holds the result of the last
+// Invoke until the next one.
+func (ip *Interpreter) Output() *Tensor { return ip.out }
+
+// Delegate says where the model runs: "cpu", "gpu" or the external delegate's path.
+func (ip *Interpreter) Delegate() string { return ip.applied }
+
+// Invoke runs the model once on the current input.
+func (ip *Interpreter) Invoke() error {
+	if st := ip.interp.Invoke(); st != tflite.OK {
+		return fmt.Errorf("tflite invoke: %s", ip.errs.take())
+	}
+	return nil
+}
+
+// Close frees the interpreter, its delegate and the model. The tensors'
+// buffers are invalid afterwards. Close is idempotent.
+func (ip *Interpreter) Close() {
+	ip.free()
+	if ip.model != nil {
+		ip.model.Delete()
+		ip.model = nil
+	}
+}
+
+// free releases everything but the model, in reverse order of creation.
+func (ip *Interpreter) free() {
+	if ip.interp != nil {
+		ip.interp.Delete()
+		ip.interp = nil
+	}
+	if ip.delegate != nil {
+		ip.delegate.Delete()
+		ip.delegate = nil
+	}
+	if ip.options != nil {
+		ip.options.Delete()
+		ip.options = nil
+	}
+	if ip.errs != nil {
+		ip.errs.free()
+		ip.errs = nil
+	}
+	ip.in, ip.out = nil, nil
+}
+
+// oneLine joins TFLite's multi-line messages for an error string.
+func oneLine(s string) string {
+	s = strings.TrimSpace(strings.ReplaceAll(s, "\n", "; "))
+	if s == "" {
+		return "no message from TFLite"
+	}
+	return s
+}
