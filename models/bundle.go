@@ -1,0 +1,243 @@
+// Package models reads model bundles: a folder with model.tflite and
+// model.json, written by `gnl export` (see BUNDLE.md in this folder, the
+// contract between the Python toolchain and gnld).
+//
+// Load validates everything gnld relies on before any model runs, so a bad
+// bundle fails at startup with an error that names the file, the key and the
+// fix. A Bundle is read-only after Load and safe to share between goroutines.
+package models
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// MetaFile is the metadata file's name inside a bundle.
+const MetaFile = "model.json"
+
+// FormatVersion is the bundle format this gnld reads.
+const FormatVersion = 1
+
+const fix = "re-export the bundle with `gnl export` (or `make model` for models/default)"
+
+// Bundle is a validated bundle on disk.
+type Bundle struct {
+	Dir       string
+	Meta      Meta
+	ModelPath string // Dir joined with Meta.ModelFile
+}
+
+// Meta mirrors model.json (BUNDLE.md). Keys gnld does not use are kept in
+// the file but not here.
+type Meta struct {
+	FormatVersion int         `json:"format_version"`
+	Name          string      `json:"name"`
+	Version       string      `json:"version"`
+	ModelFile     string      `json:"model_file"`
+	ModelSHA256   string      `json:"model_sha256"`
+	Method        string      `json:"method"`
+	Backbone      string      `json:"backbone"`
+	Input         Input       `json:"input"`
+	Output        Output      `json:"output"`
+	Postprocess   Postprocess `json:"postprocess"`
+	Threshold     Threshold   `json:"threshold"`
+	Training      Training    `json:"training"`
+	Quantization  string      `json:"quantization"`
+	// Metrics are free-form evaluation results, e.g. {"int8": {"image_auroc": 0.98}}.
+	Metrics map[string]map[string]any `json:"metrics"`
+}
+
+// Input says how a BGR frame becomes the input tensor (BUNDLE.md, steps 1-5).
+type Input struct {
+	Width        int          `json:"width"`
+	Height       int          `json:"height"`
+	Layout       string       `json:"layout"`
+	ChannelOrder string       `json:"channel_order"`
+	Resize       string       `json:"resize"`
+	Mean         []float64    `json:"mean"`
+	Std          []float64    `json:"std"`
+	DType        string       `json:"dtype"`
+	Quantization Quantization `json:"quantization"`
+}
+
+// Output describes the anomaly map tensor.
+type Output struct {
+	Name         string       `json:"name"`
+	Width        int          `json:"width"`
+	Height       int          `json:"height"`
+	DType        string       `json:"dtype"`
+	Quantization Quantization `json:"quantization"`
+	Meaning      string       `json:"meaning"`
+}
+
+// Quantization of an integer tensor: real = (q - ZeroPoint) * Scale; Scale 0 for float.
+type Quantization struct {
+	Scale     float64 `json:"scale"`
+	ZeroPoint int     `json:"zero_point"`
+}
+
+// Postprocess turns the raw map into the image score.
+type Postprocess struct {
+	Resize    string  `json:"resize"`
+	BlurSigma float64 `json:"blur_sigma"`
+	Score     string  `json:"score"`
+}
+
+// Threshold is the calibrated decision threshold; Value is the one used.
+type Threshold struct {
+	Value          float64  `json:"value"`
+	Source         string   `json:"source"`
+	Normal         *float64 `json:"normal"`
+	NormalQuantile *float64 `json:"normal_quantile"`
+	F1Optimal      *float64 `json:"f1_optimal"`
+}
+
+// Training records what the model was trained on.
+type Training struct {
+	Data        string `json:"data"`
+	Fingerprint string `json:"fingerprint"`
+	Images      int    `json:"images"`
+	Epochs      int    `json:"epochs"`
+	Seed        int    `json:"seed"`
+	ImageSize   int    `json:"image_size"`
+}
+
+// required are the keys gnld cannot run without, as dotted paths.
+var required = []string{
+	"format_version", "model_file", "model_sha256",
+	"input.width", "input.height", "input.layout", "input.channel_order", "input.resize",
+	"input.mean", "input.std", "input.dtype",
+	"output.width", "output.height", "output.dtype",
+	"postprocess.resize", "postprocess.blur_sigma", "postprocess.score",
+	"threshold.value",
+}
+
+// Load reads and validates the bundle in dir, including the model file's
+// SHA-256. It does not load the model into TFLite (runtime.New does).
+func Load(dir string) (*Bundle, error) {
+	metaPath := filepath.Join(dir, MetaFile)
+	data, err := os.ReadFile(metaPath)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: no bundle here (%w); point --model at a folder with model.json and model.tflite, or %s", metaPath, err, fix)
+		}
+		return nil, fmt.Errorf("%s: %w", metaPath, err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("%s: not valid JSON (%v); %s", metaPath, err, fix)
+	}
+	for _, key := range required {
+		if !has(raw, key) {
+			return nil, fmt.Errorf("%s: missing %q; %s", metaPath, key, fix)
+		}
+	}
+	b := &Bundle{Dir: dir}
+	if err := json.Unmarshal(data, &b.Meta); err != nil {
+		return nil, fmt.Errorf("%s: %v; %s", metaPath, err, fix)
+	}
+	if err := b.Meta.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w; %s", metaPath, err, fix)
+	}
+	b.ModelPath = filepath.Join(dir, b.Meta.ModelFile)
+	if err := checkModel(b.ModelPath, b.Meta.ModelSHA256); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// has reports whether the dotted key path exists (and is not null) in m.
+func has(m map[string]any, key string) bool {
+	head, rest, nested := strings.Cut(key, ".")
+	v, ok := m[head]
+	if !ok || v == nil {
+		return false
+	}
+	if !nested {
+		return true
+	}
+	sub, ok := v.(map[string]any)
+	return ok && has(sub, rest)
+}
+
+func (m *Meta) validate() error {
+	bad := func(key string, v any, want string) error {
+		return fmt.Errorf("%q is %v, want %s", key, v, want)
+	}
+	in, out := m.Input, m.Output
+	switch {
+	case m.FormatVersion != FormatVersion:
+		return bad("format_version", m.FormatVersion, fmt.Sprint(FormatVersion, " (this gnld's bundle format)"))
+	case m.ModelFile == "" || filepath.Base(m.ModelFile) != m.ModelFile:
+		return bad("model_file", m.ModelFile, "a file name inside the bundle folder")
+	case len(m.ModelSHA256) != 64:
+		return bad("model_sha256", m.ModelSHA256, "64 hex digits")
+	case in.Width <= 0 || in.Height <= 0:
+		return bad("input.width/height", fmt.Sprint(in.Width, "x", in.Height), "positive sizes")
+	case in.Layout != "NHWC":
+		return bad("input.layout", in.Layout, `"NHWC"`)
+	case in.ChannelOrder != "RGB" && in.ChannelOrder != "BGR":
+		return bad("input.channel_order", in.ChannelOrder, `"RGB" or "BGR"`)
+	case in.Resize != "linear":
+		return bad("input.resize", in.Resize, `"linear"`)
+	case len(in.Mean) != 3:
+		return bad("input.mean", in.Mean, "3 numbers")
+	case len(in.Std) != 3 || slices.Min(in.Std) <= 0:
+		return bad("input.std", in.Std, "3 positive numbers")
+	}
+	if err := checkDType("input", in.DType, in.Quantization); err != nil {
+		return err
+	}
+	if err := checkDType("output", out.DType, out.Quantization); err != nil {
+		return err
+	}
+	switch p := m.Postprocess; {
+	case out.Width <= 0 || out.Height <= 0:
+		return bad("output.width/height", fmt.Sprint(out.Width, "x", out.Height), "positive sizes")
+	case p.Resize != "linear":
+		return bad("postprocess.resize", p.Resize, `"linear"`)
+	case p.Score != "max":
+		return bad("postprocess.score", p.Score, `"max"`)
+	case p.BlurSigma <= 0:
+		return bad("postprocess.blur_sigma", p.BlurSigma, "a positive number")
+	}
+	return nil
+}
+
+func checkDType(tensor, dtype string, q Quantization) error {
+	switch dtype {
+	case "float32":
+		return nil
+	case "int8", "uint8":
+		if q.Scale <= 0 {
+			return fmt.Errorf("%q is %v for an %s tensor, want a positive scale", tensor+".quantization.scale", q.Scale, dtype)
+		}
+		return nil
+	}
+	return fmt.Errorf("%q is %q, want \"float32\", \"int8\" or \"uint8\"", tensor+".dtype", dtype)
+}
+
+// checkModel verifies that the model file exists and matches its hash.
+func checkModel(path, want string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w; %s", path, err, fix)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, want) {
+		return fmt.Errorf("%s: SHA-256 is %s but model.json says %s (file changed, truncated or from another export); %s", path, got[:12], want[:min(12, len(want))], fix)
+	}
+	return nil
+}
