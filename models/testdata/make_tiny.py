@@ -4,6 +4,8 @@
 
 tiny/        int8 (the export default) of the stand-in net (tests/standin.py)
 tiny-float/  the same net in float32
+future-op/   tiny's model.tflite with CONV_2D at op version 99, which no
+             TFLite has: the runtime tests check the error names the op
 
 Input 160x128 (W x H, deliberately not square, so that a swapped width and
 height fails the tests), map 40x32. Calibration: 8 images from MTD
@@ -35,6 +37,22 @@ def main() -> None:
         out = export_model(StandIn(width=8, seed=0), HERE / name, calib, CONFIG,
                            quantize=quantize, size=(160, 128))
         print(out, (out / "model.tflite").stat().st_size, "bytes")
+    future_op(HERE / "tiny" / "model.tflite", HERE / "future-op" / "model.tflite")
+
+
+def future_op(src: Path, dst: Path) -> None:
+    """Copy src with every CONV_2D op code bumped to version 99."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(src.read_bytes(), 0)
+    for code in model.operatorCodes:
+        if code.builtinCode == schema.BuiltinOperator.CONV_2D:
+            code.version = 99
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.parent.mkdir(exist_ok=True)
+    dst.write_bytes(builder.Output())
 
 
 if __name__ == "__main__":
