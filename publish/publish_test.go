@@ -1,0 +1,269 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"gnld/internal/testbroker"
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestSpoolOrderRestartAndOverflow(t *testing.T) {
+	dir := t.TempDir()
+	log := testLogger(t)
+	s, err := openSpool(dir, 3, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 { // 0 and 1 are dropped: the spool holds 3
+		if err := s.push(Message{Topic: "t", Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.len() != 3 || s.drops.Load() != 2 {
+		t.Fatalf("len %d drops %d, want 3 and 2", s.len(), s.drops.Load())
+	}
+	os.WriteFile(filepath.Join(dir, "0000000000000000009.msg.tmp"), []byte("half"), 0o640)
+
+	// A new process finds the same messages, oldest first, and the
+	// half-written one is gone.
+	s, err = openSpool(dir, 3, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m, ok := s.peek()
+		if !ok {
+			break
+		}
+		got = append(got, m.Topic+":"+string(m.Payload))
+		s.pop()
+	}
+	if fmt.Sprint(got) != "[t:m2 t:m3 t:m4]" {
+		t.Errorf("replayed %v", got)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("files left: %v", left)
+	}
+	// Numbering goes on after the old messages, so order survives restarts.
+	s.push(Message{Topic: "t", Payload: []byte("x")})
+	if s.seqs[0] != 6 {
+		t.Errorf("next sequence %d, want 6", s.seqs[0])
+	}
+}
+
+func testConfig(t *testing.T, broker string) Config {
+	return Config{
+		Broker: broker, ClientID: "gnld-test", QoS: 1, Site: "s", Device: "dev",
+		Timeout: 2 * time.Second, ReconnectMax: 500 * time.Millisecond,
+		SpoolDir: filepath.Join(t.TempDir(), "spool"), SpoolMax: 1000,
+	}
+}
+
+// runPublisher starts p's sender and returns a func that closes p and
+// waits for Run to return.
+func runPublisher(t *testing.T, p *Publisher) (closeAndWait func()) {
+	done := make(chan struct{})
+	go func() { p.Run(context.Background()); close(done) }()
+	return func() {
+		p.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return after Close")
+		}
+	}
+}
+
+func result(cam string, seq uint64) Result {
+	return Result{RunID: "r", Camera: cam, Sequence: seq, Timestamp: time.Now(), Score: 0.5, Threshold: 0.9, Verdict: Verdict(false)}
+}
+
+// sequences decodes results on topic suffix and returns the sequence
+// numbers, de-duplicated, in first-arrival order.
+func sequences(t *testing.T, msgs []testbroker.Msg) []uint64 {
+	seen := map[uint64]bool{}
+	var out []uint64
+	for _, m := range msgs {
+		var r Result
+		if err := json.Unmarshal(m.Payload, &r); err != nil {
+			t.Fatalf("payload %q: %v", m.Payload, err)
+		}
+		if !seen[r.Sequence] {
+			seen[r.Sequence] = true
+			out = append(out, r.Sequence)
+		}
+	}
+	return out
+}
+
+func checkAllInOrder(t *testing.T, seqs []uint64, n int) {
+	t.Helper()
+	if len(seqs) != n {
+		t.Fatalf("%d distinct results, want %d: %v", len(seqs), n, seqs)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("result %d has sequence %d: order lost: %v", i, s, seqs)
+		}
+	}
+}
+
+func TestPublishStatusResultsStats(t *testing.T) {
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	cfg := testConfig(t, b.URL())
+	cfg.StatsInterval = 100 * time.Millisecond
+	cfg.StatsExtra = func() any { return map[string]int{"cam": 1} }
+	p, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect()
+	closeAndWait := runPublisher(t, p)
+	for i := range 20 {
+		p.Result(result("cam", uint64(i+1)))
+	}
+	p.Map("cam", []byte{1, 2, 3})
+	sub.WaitFor(t, 5*time.Second, "20 results and stats", func([]testbroker.Msg) bool {
+		return len(sub.On("/cam/result")) == 20 && len(sub.On("/dev/stats")) > 0
+	})
+	closeAndWait()
+	sub.WaitFor(t, 5*time.Second, "offline", func([]testbroker.Msg) bool {
+		st := sub.On("gnl/s/dev/status")
+		return len(st) > 0 && string(st[len(st)-1].Payload) == "offline"
+	})
+	checkAllInOrder(t, sequences(t, sub.On("/cam/result")), 20)
+	if st := sub.On("gnl/s/dev/status"); string(st[0].Payload) != "online" {
+		t.Errorf("first status %q, want online", st[0].Payload)
+	}
+	if m := sub.On("/cam/map"); len(m) != 1 || m[0].Retained {
+		t.Errorf("map messages %v", m)
+	}
+	var stats map[string]any
+	json.Unmarshal(sub.On("/dev/stats")[0].Payload, &stats)
+	if stats["cameras"] == nil || stats["mqtt"] == nil {
+		t.Errorf("stats %v", stats)
+	}
+	if s := p.Stats(); s.Published != 20 || s.Spooled != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// A broker that is down at start-up and restarted several times while
+// results flow: the subscriber ends with every result, once after
+// de-duplication, in order; "online" is repeated after each reconnect.
+func TestBrokerOutagesLoseNothing(t *testing.T) {
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	b.Stop()
+
+	p, err := New(testConfig(t, b.URL()), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect() // broker down: logs, returns after Timeout
+	closeAndWait := runPublisher(t, p)
+
+	const n = 300
+	go func() {
+		for i := range n {
+			p.Result(result("cam", uint64(i+1)))
+			time.Sleep(12 * time.Millisecond) // 300 results over ~4s, across the outages
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	for range 3 {
+		b.Restart()
+		time.Sleep(700 * time.Millisecond)
+		b.Stop()
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.Restart()
+	sub.WaitFor(t, 20*time.Second, "all results", func([]testbroker.Msg) bool {
+		return len(sequences(t, sub.On("/cam/result"))) >= n
+	})
+	closeAndWait()
+	checkAllInOrder(t, sequences(t, sub.On("/cam/result")), n)
+	s := p.Stats()
+	t.Logf("publisher stats %+v; %d result messages received for %d results", s, len(sub.On("/cam/result")), n)
+	if s.Spooled == 0 || s.Disconnects < 2 || s.SpoolLen != 0 {
+		t.Errorf("stats %+v: want spooling and several disconnects", s)
+	}
+	var online int
+	for _, m := range sub.On("/dev/status") {
+		if string(m.Payload) == "online" {
+			online++
+		}
+	}
+	if online < 3 {
+		t.Errorf("online published %d times, want one per connect", online)
+	}
+}
+
+// Results spooled by one run are published by the next.
+func TestSpoolSurvivesRestart(t *testing.T) {
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	b.Stop()
+	cfg := testConfig(t, b.URL())
+	cfg.Timeout = 300 * time.Millisecond
+
+	p1, _ := New(cfg, testLogger(t))
+	p1.Connect()
+	closeAndWait := runPublisher(t, p1)
+	for i := range 10 {
+		p1.Result(result("cam", uint64(i+1)))
+	}
+	closeAndWait()
+	if s := p1.Stats(); s.Spooled != 10 || s.SpoolLen != 10 {
+		t.Fatalf("first run stats %+v", s)
+	}
+
+	b.Restart()
+	p2, _ := New(cfg, testLogger(t))
+	p2.Connect()
+	closeAndWait = runPublisher(t, p2)
+	sub.WaitFor(t, 5*time.Second, "spooled results", func([]testbroker.Msg) bool {
+		return len(sub.On("/cam/result")) >= 10
+	})
+	closeAndWait()
+	checkAllInOrder(t, sequences(t, sub.On("/cam/result")), 10)
+	if s := p2.Stats(); s.Replayed != 10 || s.SpoolLen != 0 {
+		t.Errorf("second run stats %+v", s)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"broker", func(c *Config) { c.Broker = "localhost" }},
+		{"qos", func(c *Config) { c.QoS = 3 }},
+		{"ca", func(c *Config) { c.CAFile = "/nonexistent/ca.pem" }},
+		{"cert", func(c *Config) { c.CertFile, c.KeyFile = "/nonexistent/c.pem", "/nonexistent/k.pem" }},
+	} {
+		cfg := testConfig(t, "tcp://127.0.0.1:1")
+		tc.mod(&cfg)
+		if _, err := New(cfg, testLogger(t)); err == nil {
+			t.Errorf("%s: no error", tc.name)
+		} else {
+			t.Logf("%s: %v", tc.name, err)
+		}
+	}
+}

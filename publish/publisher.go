@@ -1,0 +1,463 @@
+// Package publish sends gnld's results to an MQTT broker (paho), keeping
+// them in an on-disk spool while the broker cannot be reached.
+//
+// Topics (Frigate's tree, one prefix):
+//
+//	gnl/<site>/<camera>/result   JSON Result, QoS from the config, spooled
+//	gnl/<site>/<camera>/map      anomaly map bytes (PNG or raw 8-bit), best effort, not retained
+//	gnl/<site>/<device>/status   retained "online" / "offline"; "offline" is also the Last Will
+//	gnl/<site>/<device>/stats    JSON counters on a timer, best effort
+//
+// Lifecycle: New checks the config and opens the spool. Connect starts the
+// connection in the background (a broker that is down at start-up is
+// retried, like one lost later). Run is the sender: call it once, in its
+// own goroutine; it returns after Close, once everything queued before
+// Close is published or spooled and "offline" is sent. Result and Map may
+// be called from any goroutine between Connect and Close; Close is called
+// once, after the last Result. Stats is safe at any time.
+//
+// Delivery: at least once, per camera in order. A result goes straight to
+// the broker only when the spool is empty and the connection up; it is
+// spooled when the broker is down or does not acknowledge it within
+// Config.Timeout, and every later result goes behind it until the spool is
+// replayed. A result can thus arrive twice (run_id, camera and sequence
+// identify it); none is lost unless the spool overflows, which drops the
+// oldest, counts and logs it.
+package publish
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Config configures a Publisher.
+type Config struct {
+	Broker   string // tcp://, ssl://, tls://, mqtts://, ws:// or wss:// URL
+	ClientID string // unique per device
+	Username string
+	Password string
+	CAFile   string // PEM; empty: the system's roots
+	CertFile string // client certificate (PEM), with KeyFile
+	KeyFile  string
+	QoS      byte
+
+	Site   string
+	Device string
+
+	Timeout      time.Duration // limit for connecting and for each acknowledgement
+	ReconnectMax time.Duration // cap of the reconnect backoff
+	SpoolDir     string
+	SpoolMax     int // messages
+
+	StatsInterval time.Duration // 0: no stats topic
+	// StatsExtra, when set, adds its value under "cameras" to each stats
+	// message. It is called from Run's goroutine and must be goroutine-safe.
+	StatsExtra func() any
+}
+
+// Stats are the publisher's counters since start.
+type Stats struct {
+	Published    uint64 `json:"published"`     // results acknowledged by the broker (QoS>0) or sent (QoS 0)
+	Spooled      uint64 `json:"spooled"`       // results written to the spool
+	Replayed     uint64 `json:"replayed"`      // spooled results published later
+	SpoolLen     int    `json:"spool_len"`     // results waiting in the spool now
+	SpoolDropped uint64 `json:"spool_dropped"` // results dropped: spool full (oldest first) or not writable
+	MapsSkipped  uint64 `json:"maps_skipped"`  // maps not sent because the broker was away
+	Disconnects  uint64 `json:"disconnects"`
+	Connected    bool   `json:"connected"`
+}
+
+// queued is one message for the sender; maps and stats are best effort.
+type queued struct {
+	Message
+	bestEffort bool
+}
+
+// Publisher sends messages; see the package comment for its lifecycle.
+type Publisher struct {
+	cfg    Config
+	log    *slog.Logger
+	client mqtt.Client
+	spool  *spool
+	queue  chan queued
+	kick   chan struct{} // asks Run to replay the spool (after a connect)
+	start  time.Time
+
+	published, spooled, replayed, mapsSkipped, disconnects atomic.Uint64
+
+	mu          sync.Mutex // guards the outage bookkeeping below
+	downSince   time.Time  // zero while connected
+	spooledDown uint64     // spooled count when the outage began
+}
+
+// New checks cfg, opens the spool and prepares the MQTT client. It does
+// not connect.
+func New(cfg Config, log *slog.Logger) (*Publisher, error) {
+	u, err := url.Parse(cfg.Broker)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("mqtt broker %q: expected a URL such as tcp://host:1883", cfg.Broker)
+	}
+	if cfg.QoS > 2 {
+		return nil, fmt.Errorf("mqtt qos %d: expected 0, 1 or 2", cfg.QoS)
+	}
+	if cfg.Timeout <= 0 || cfg.ReconnectMax <= 0 || cfg.SpoolMax < 1 {
+		return nil, errors.New("mqtt timeout, reconnect max and spool max must be positive")
+	}
+	tlsCfg, err := tlsConfig(u.Scheme, cfg)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := openSpool(cfg.SpoolDir, cfg.SpoolMax, log)
+	if err != nil {
+		return nil, err
+	}
+	if n := sp.len(); n > 0 {
+		log.Info("spool: results from an earlier run will be published", "dir", cfg.SpoolDir, "count", n)
+	}
+	p := &Publisher{
+		cfg: cfg, log: log, spool: sp,
+		queue: make(chan queued, 64),
+		kick:  make(chan struct{}, 1),
+		start: time.Now(),
+		// Down until the first connect, so results spool until then.
+		downSince: time.Now(),
+	}
+	opts := mqtt.NewClientOptions().
+		AddBroker(cfg.Broker).
+		SetClientID(cfg.ClientID).
+		SetUsername(cfg.Username).
+		SetPassword(cfg.Password).
+		SetTLSConfig(tlsCfg).
+		SetCleanSession(true).
+		SetOrderMatters(false).
+		SetConnectTimeout(cfg.Timeout).
+		SetWriteTimeout(cfg.Timeout).
+		SetKeepAlive(30*time.Second).
+		SetPingTimeout(cfg.Timeout).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(cfg.ReconnectMax).
+		// paho's auto-reconnect only covers a connection that once
+		// succeeded; ConnectRetry covers a broker down at start-up.
+		SetConnectRetry(true).
+		SetConnectRetryInterval(min(cfg.ReconnectMax, 5*time.Second)).
+		SetWill(p.statusTopic(), "offline", 1, true).
+		SetOnConnectHandler(p.onConnect).
+		SetConnectionLostHandler(p.onLost)
+	p.client = mqtt.NewClient(opts)
+	return p, nil
+}
+
+func tlsConfig(scheme string, cfg Config) (*tls.Config, error) {
+	secure := scheme == "ssl" || scheme == "tls" || scheme == "mqtts" || scheme == "wss"
+	if !secure && cfg.CAFile == "" && cfg.CertFile == "" {
+		return nil, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt CA file: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("mqtt CA file %s: no PEM certificate in it", cfg.CAFile)
+		}
+	}
+	if cfg.CertFile != "" || cfg.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt client certificate %s / key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// Topic returns gnl/<site>/<name>/<leaf>.
+func (p *Publisher) Topic(name, leaf string) string {
+	return "gnl/" + p.cfg.Site + "/" + name + "/" + leaf
+}
+
+func (p *Publisher) statusTopic() string { return p.Topic(p.cfg.Device, "status") }
+
+// Connect starts connecting in the background and waits at most
+// Config.Timeout for the first connection. A broker that cannot be reached
+// is not an error: it is logged once and retried until Close, and results
+// are spooled meanwhile.
+func (p *Publisher) Connect() {
+	tok := p.client.Connect()
+	if !tok.WaitTimeout(p.cfg.Timeout) {
+		p.log.Warn("mqtt: broker not reachable at start-up; retrying in the background, results go to the spool",
+			"broker", p.cfg.Broker, "waited", p.cfg.Timeout)
+		return
+	}
+	if err := tok.Error(); err != nil {
+		p.log.Warn("mqtt: connect failed; retrying in the background, results go to the spool", "broker", p.cfg.Broker, "err", err)
+	}
+}
+
+// onConnect runs in a paho goroutine after every (re)connect: it repeats
+// the retained "online", logs the end of an outage, and has Run replay
+// the spool.
+func (p *Publisher) onConnect(c mqtt.Client) {
+	tok := c.Publish(p.statusTopic(), 1, true, "online")
+	if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
+		p.log.Warn("mqtt: status online not acknowledged", "err", tok.Error())
+	}
+	p.mu.Lock()
+	since, spooled := p.downSince, p.spooled.Load()-p.spooledDown
+	p.downSince = time.Time{}
+	p.mu.Unlock()
+	if p.disconnects.Load() == 0 {
+		p.log.Info("mqtt: connected", "broker", p.cfg.Broker, "spool_len", p.spool.len())
+	} else {
+		p.log.Info("mqtt: connection back", "broker", p.cfg.Broker,
+			"outage", time.Since(since).Round(time.Millisecond), "spooled_meanwhile", spooled, "spool_len", p.spool.len())
+	}
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// onLost runs in a paho goroutine when an established connection drops.
+// A routine disconnect: one warning, then a summary from onConnect.
+func (p *Publisher) onLost(_ mqtt.Client, err error) {
+	p.disconnects.Add(1)
+	p.mu.Lock()
+	p.downSince, p.spooledDown = time.Now(), p.spooled.Load()
+	p.mu.Unlock()
+	p.log.Warn("mqtt: connection lost; reconnecting, results go to the spool meanwhile", "broker", p.cfg.Broker, "err", err)
+}
+
+// Result queues a result for publication. It blocks while the sender's
+// queue is full. Not to be called after Close.
+func (p *Publisher) Result(r Result) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("result %s/%d: %w", r.Camera, r.Sequence, err)
+	}
+	p.queue <- queued{Message: Message{Topic: p.Topic(r.Camera, "result"), Payload: b}}
+	return nil
+}
+
+// Map queues an anomaly map (PNG or raw bytes) for camera. Maps are not
+// spooled: while the broker is away they are skipped and counted.
+func (p *Publisher) Map(camera string, payload []byte) {
+	p.queue <- queued{Message: Message{Topic: p.Topic(camera, "map"), Payload: payload}, bestEffort: true}
+}
+
+// Close ends the queue: Run finishes what is queued and returns.
+func (p *Publisher) Close() { close(p.queue) }
+
+// Stats returns the counters; safe from any goroutine.
+func (p *Publisher) Stats() Stats {
+	return Stats{
+		Published: p.published.Load(), Spooled: p.spooled.Load(), Replayed: p.replayed.Load(),
+		SpoolLen: p.spool.len(), SpoolDropped: p.spool.drops.Load(), MapsSkipped: p.mapsSkipped.Load(),
+		Disconnects: p.disconnects.Load(), Connected: p.client.IsConnectionOpen(),
+	}
+}
+
+// replayBatch bounds how many spooled results Run replays before it looks
+// at new ones again (which go to the spool behind them, keeping order).
+const replayBatch = 100
+
+// Run is the sender loop; see the package comment. hard is the shutdown
+// deadline: once it is done, nothing more is tried on the broker and what
+// is left goes to the spool.
+func (p *Publisher) Run(hard context.Context) {
+	retry := time.NewTicker(time.Second) // replay even if a connect signal was missed
+	defer retry.Stop()
+	var stats <-chan time.Time
+	if p.cfg.StatsInterval > 0 {
+		t := time.NewTicker(p.cfg.StatsInterval)
+		defer t.Stop()
+		stats = t.C
+	}
+	for {
+		select {
+		case q, ok := <-p.queue:
+			if !ok {
+				p.finish(hard)
+				return
+			}
+			p.send(hard, q)
+		case <-p.kick:
+			p.replay(hard, replayBatch)
+		case <-retry.C:
+			p.replay(hard, replayBatch)
+		case <-stats:
+			p.sendStats(hard)
+		}
+	}
+}
+
+// send publishes q, or spools it (results) or skips it (best effort). A
+// result the spool cannot take (disk full, say) is logged and counted as
+// dropped: stopping the daemon would not bring the disk back.
+func (p *Publisher) send(ctx context.Context, q queued) {
+	if q.bestEffort {
+		if p.spool.len() > 0 || p.publish(ctx, q.Message, false) != nil {
+			p.mapsSkipped.Add(1)
+		}
+		return
+	}
+	if p.spool.len() == 0 {
+		err := p.publish(ctx, q.Message, false)
+		if err == nil {
+			p.published.Add(1)
+			return
+		}
+		if !errors.Is(err, errOffline) {
+			p.log.Warn("mqtt: publish failed, result spooled", "topic", q.Topic, "err", err)
+		}
+	}
+	if err := p.spool.push(q.Message); err != nil {
+		p.spool.drops.Add(1)
+		p.log.Error("spool: result lost", "topic", q.Topic, "err", err)
+		return
+	}
+	p.spooled.Add(1)
+}
+
+// replay publishes up to n spooled results, oldest first, and stops at
+// the first that is not acknowledged.
+func (p *Publisher) replay(ctx context.Context, n int) {
+	had := p.spool.len()
+	for range n {
+		m, ok := p.spool.peek()
+		if !ok {
+			break
+		}
+		if err := p.publish(ctx, m, false); err != nil {
+			return
+		}
+		p.spool.pop()
+		p.published.Add(1)
+		p.replayed.Add(1)
+	}
+	switch {
+	case had > 0 && p.spool.len() == 0:
+		p.log.Info("spool: replayed, empty again", "replayed_total", p.replayed.Load())
+	case p.spool.len() > 0:
+		select { // more to do: come back after looking at the queue
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+var errOffline = errors.New("not connected")
+
+// publish sends m and waits for the acknowledgement (QoS 1, 2) or the
+// write (QoS 0), at most Config.Timeout.
+func (p *Publisher) publish(ctx context.Context, m Message, retained bool) error {
+	if ctx.Err() != nil || !p.client.IsConnectionOpen() {
+		return errOffline
+	}
+	tok := p.client.Publish(m.Topic, p.cfg.QoS, retained, m.Payload)
+	if !tok.WaitTimeout(p.cfg.Timeout) {
+		return fmt.Errorf("no acknowledgement within %s", p.cfg.Timeout)
+	}
+	return tok.Error()
+}
+
+func (p *Publisher) sendStats(ctx context.Context) {
+	s := struct {
+		Time    time.Time `json:"timestamp"`
+		Device  string    `json:"device"`
+		Uptime  float64   `json:"uptime_s"`
+		MQTT    Stats     `json:"mqtt"`
+		Cameras any       `json:"cameras,omitempty"`
+	}{time.Now().UTC(), p.cfg.Device, time.Since(p.start).Seconds(), p.Stats(), nil}
+	if p.cfg.StatsExtra != nil {
+		s.Cameras = p.cfg.StatsExtra()
+	}
+	b, _ := json.Marshal(s) // plain structs: cannot fail
+	p.publish(ctx, Message{Topic: p.Topic(p.cfg.Device, "stats"), Payload: b}, false)
+}
+
+// finish runs after Close: replay what it can, publish "offline" and
+// disconnect.
+func (p *Publisher) finish(hard context.Context) {
+	for p.spool.len() > 0 && p.client.IsConnectionOpen() && hard.Err() == nil {
+		before := p.spool.len()
+		p.replay(hard, replayBatch)
+		if p.spool.len() == before {
+			break
+		}
+	}
+	st := p.Stats()
+	p.disconnect()
+	p.log.Info("mqtt: stopped", "published", st.Published, "spooled", st.Spooled, "spool_len", st.SpoolLen,
+		"spool_dropped", st.SpoolDropped, "disconnects", st.Disconnects)
+}
+
+// disconnect publishes the retained "offline" (the Will covers a crash)
+// and closes the connection, or stops connecting.
+func (p *Publisher) disconnect() {
+	if p.client.IsConnectionOpen() {
+		tok := p.client.Publish(p.statusTopic(), 1, true, "offline")
+		if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
+			p.log.Warn("mqtt: status offline not acknowledged", "err", tok.Error())
+		}
+	}
+	p.client.Disconnect(250)
+}
+
+// Result is the JSON published on gnl/<site>/<camera>/result.
+type Result struct {
+	RunID     string    `json:"run_id"`    // this daemon run; with camera and sequence it names the result
+	Timestamp time.Time `json:"timestamp"` // frame capture time
+	Sequence  uint64    `json:"sequence"`  // per camera, from 1; gaps are dropped or bad frames
+	Camera    string    `json:"camera"`
+	File      string    `json:"file,omitempty"` // source file, when known
+	Model     Model     `json:"model"`
+	Score     float32   `json:"score"`
+	Threshold float32   `json:"threshold"`
+	Verdict   string    `json:"verdict"` // "anomalous" or "normal"
+	LatencyMS Latency   `json:"latency_ms"`
+}
+
+// Model names the model that made a result.
+type Model struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+}
+
+// Latency is per-stage time in milliseconds.
+type Latency struct {
+	Normalize float64 `json:"normalize"`
+	Invoke    float64 `json:"invoke"`
+	Post      float64 `json:"post"`
+	Total     float64 `json:"total"` // capture to result
+}
+
+// Verdict turns the pipeline's decision into the payload's word.
+func Verdict(anomalous bool) string {
+	if anomalous {
+		return "anomalous"
+	}
+	return "normal"
+}
+
+// ValidName reports whether s can be one level of a topic: not empty, no
+// '/', '+', '#' or NUL.
+func ValidName(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "/+#\x00")
+}
