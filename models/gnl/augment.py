@@ -1,0 +1,93 @@
+"""Augmentation of normal images for stage 1 (the "augmented view").
+
+`augment(bgr, rng)` takes and returns 8-bit BGR (H x W x 3) and draws every
+random number from `rng`, so a seeded generator gives the same output.
+With p = 1/2 it is an AugMix mix (Hendrycks et al., "AugMix", ICLR 2020:
+width 3, depth 1-3, Dirichlet chain weights, Beta skip weight) of mild
+brightness, contrast, Gaussian-noise, colour and sharpness changes;
+otherwise a random chain of brightness, contrast, noise and rotation
+(a multiple of 90 degrees plus up to +-30, corners filled with grey 114).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+FILL_GREY = 114
+AUGMIX_WIDTH = 3
+AUGMIX_MAX_DEPTH = 3
+
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R 601) of a float BGR image, H x W x 1."""
+    return (x @ np.array([0.114, 0.587, 0.299], dtype=np.float32))[..., None]
+
+
+def brightness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x * rng.uniform(0.8, 1.2)
+
+
+def contrast(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    mean = float(_grey(x).mean())
+    return mean + (x - mean) * rng.uniform(0.75, 1.25)
+
+
+def noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x + rng.normal(0.0, rng.uniform(2.0, 8.0), size=x.shape).astype(np.float32)
+
+
+def colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Saturation change, as PIL's ImageEnhance.Color (blend with grey)."""
+    g = _grey(x)
+    return g + (x - g) * rng.uniform(0.6, 1.4)
+
+
+def sharpness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """PIL's ImageEnhance.Sharpness: blend with its 3x3 smoothing kernel."""
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
+    smooth = cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+    return smooth + (x - smooth) * rng.uniform(0.5, 1.5)
+
+
+def rotation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h, w = x.shape[:2]
+    angle = 90.0 * int(rng.integers(4)) + rng.uniform(-30.0, 30.0)
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    return cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(FILL_GREY,) * 3)
+
+
+AUGMIX_OPS: tuple[Op, ...] = (brightness, contrast, noise, colour, sharpness)
+CHAIN_OPS: tuple[Op, ...] = (brightness, contrast, noise, rotation)
+
+
+def augmix(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """AugMix on a float image: (1 - m) x + m sum_i w_i chain_i(x)."""
+    weights = rng.dirichlet([1.0] * AUGMIX_WIDTH)
+    m = rng.beta(1.0, 1.0)
+    mix = np.zeros_like(x)
+    for w in weights:
+        y = x
+        for _ in range(int(rng.integers(1, AUGMIX_MAX_DEPTH + 1))):
+            y = AUGMIX_OPS[int(rng.integers(len(AUGMIX_OPS)))](y, rng)
+        mix += w * np.clip(y, 0, 255)
+    return (1 - m) * x + m * mix
+
+
+def random_chain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1-4 distinct ops from CHAIN_OPS in random order."""
+    order = rng.permutation(len(CHAIN_OPS))[: int(rng.integers(1, len(CHAIN_OPS) + 1))]
+    for i in order:
+        x = np.clip(CHAIN_OPS[i](x, rng), 0, 255)
+    return x
+
+
+def augment(bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An augmented view of a normal 8-bit BGR image (same shape, uint8)."""
+    x = bgr.astype(np.float32)
+    y = augmix(x, rng) if rng.random() < 0.5 else random_chain(x, rng)
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)

@@ -1,0 +1,73 @@
+"""GNL network shapes and checkpoint round trip, with the real (pretrained) teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gnl.model import GNL, GNLConfig, build_model, cosine_distance, l2_normalize, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def gnl64() -> GNL:
+    torch.manual_seed(0)
+    return build_model(GNLConfig(image_size=64)).eval()
+
+
+def test_forward_shapes(gnl64: GNL) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        f = gnl64.features(x)
+        amap = gnl64(x)
+    chans = gnl64.teacher.channels
+    assert [tuple(t.shape) for t in f.teacher] == [(2, chans[0], 16, 16), (2, chans[1], 8, 8), (2, chans[2], 4, 4)]
+    assert [t.shape for t in f.student] == [t.shape for t in f.teacher]
+    assert f.seg_logits is not None and tuple(f.seg_logits.shape) == (2, 1, 16, 16)
+    assert tuple(amap.shape) == (2, 1, 16, 16)
+    # 3 levels of 1 - cos in [0, 2] plus a probability in [0, 1].
+    assert float(amap.min()) >= 0.0 and float(amap.max()) <= 7.0
+
+
+def test_rd4ad_has_no_seg_head() -> None:
+    m = build_model(GNLConfig(method="rd4ad", image_size=64)).eval()
+    assert m.segmentation is None
+    with torch.no_grad():
+        assert m.features(torch.randn(1, 3, 64, 64)).seg_logits is None
+        assert float(m(torch.randn(1, 3, 64, 64)).max()) <= 6.0
+
+
+def test_teacher_frozen_and_kept_in_eval(gnl64: GNL) -> None:
+    gnl64.train()
+    try:
+        assert not gnl64.teacher.training
+        assert not any(p.requires_grad for p in gnl64.teacher.parameters())
+        assert all(p.requires_grad for p in gnl64.student.parameters())
+    finally:
+        gnl64.eval()
+
+
+def test_cosine_helpers() -> None:
+    x = torch.tensor([[[[3.0]], [[4.0]]]])
+    assert torch.allclose(l2_normalize(x).flatten(), torch.tensor([0.6, 0.8]))
+    assert float(cosine_distance(x, 2 * x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_distance(x, -x)) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        GNLConfig(image_size=100)
+    with pytest.raises(ValueError, match="method"):
+        GNLConfig(method="padim")
+
+
+def test_checkpoint_round_trip(gnl64: GNL, tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {**gnl64.config.as_dict(), "epochs": 1}, "state_dict": gnl64.trainable_state_dict(),
+                "epoch": 1}, path)
+    assert not any(k.startswith("teacher.") for k in gnl64.trainable_state_dict())
+    loaded = load_checkpoint(path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), gnl64(x), atol=1e-6)

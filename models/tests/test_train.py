@@ -1,0 +1,74 @@
+"""`gnl fit` end to end on a tiny synthetic MVTec-layout folder (64x64, 2 steps)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gnl import train
+from gnl.model import load_checkpoint
+
+
+def _dataset(root: Path, n: int = 6) -> Path:
+    good = root / "train" / "good"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.full((64, 64, 3), 100, np.uint8) + rng.integers(0, 30, size=(64, 64, 3), dtype=np.uint8)
+        cv2.imwrite(str(good / f"{i:03d}.png"), img)
+    return root
+
+
+def _args(data: Path, out: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args(["--data", str(data), "--out", str(out), "--image-size", "64", "--batch", "2",
+                              "--epochs", "1", "--steps-per-epoch", "2", "--seg-steps", "2",
+                              "--no-export", *extra])
+
+
+def test_fit_then_resume(tmp_path: Path) -> None:
+    data, out = _dataset(tmp_path / "data"), tmp_path / "out"
+    assert train.run(_args(data, out)) == 0
+    info = json.loads((out / "train.json").read_text())
+    assert info["epochs_done"] == 1 and info["seg_steps_done"] == 2
+    assert [r["steps"] for r in info["losses"]["stage1"]] == [2]
+    assert info["data"] == {**info["data"], "images": 6, "train": 5, "held_out": 1}
+    assert info["config"]["backbone"] == "efficientnet-lite0" and info["config"]["seg_head"] is True
+    calib = json.loads((out / "calibration.json").read_text())
+    assert len(calib["normal_scores"]) == 1 and 0.0 <= calib["synthetic_auroc"] <= 1.0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["config"]["image_size"] == 64
+    assert tuple(load_checkpoint(out / "checkpoint.pt")(torch.zeros(1, 3, 64, 64)).shape) == (1, 1, 16, 16)
+
+    assert train.run(_args(data, out, "--resume", "--epochs", "2")) == 0
+    info = json.loads((out / "train.json").read_text())
+    assert info["epochs_done"] == 2 and len(info["losses"]["stage1"]) == 2 and len(info["runs"]) == 2
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    states = []
+    for name in ("a", "b"):
+        assert train.run(_args(data, tmp_path / name, "--method", "rd4ad", "--steps-per-epoch", "1")) == 0
+        states.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_empty_train_folder_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "data" / "train" / "good"
+    good.mkdir(parents=True)
+    assert train.run(_args(tmp_path / "data", tmp_path / "out")) == 2
+    assert str(good) in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _dataset(tmp_path / "data")
+    assert train.run(_args(data, tmp_path / "out", "--resume")) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
