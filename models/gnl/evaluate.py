@@ -1,0 +1,279 @@
+"""`gnl test`: score an MVTec-layout test set, clean and perturbed, float and int8.
+
+    gnl test --data DIR --model CKPT [BUNDLE_DIR ...] [--perturb none|vand2|corrupt|all]
+             [--json FILE] [--grid FILE.png] [--limit N] [--seed S] [--int8 | --float]
+
+Each `--model` is a checkpoint from `gnl fit` (scored in float by PyTorch)
+or a bundle folder (scored by its model.tflite through the TFLite
+interpreter, as gnld runs it). Pass a checkpoint and its bundle to see
+float and int8 side by side; `--float`/`--int8` keep only that kind.
+
+Every model's raw map goes through `gnl.preprocess.postprocess` (resize to
+the input size, Gaussian blur, score = max; BUNDLE.md), the same step gnld
+runs. Pixel metrics compare that map with the ground-truth mask resized to
+the model input (nearest neighbour), as anomalib and RD4AD evaluate at the
+model's resolution. Metrics per model and condition: image AUROC, image
+F1Max (VAND 2.0's ranking metric), pixel AUROC, AUPRO to FPR 0.3.
+
+The JSON result's `metrics` has the shape of model.json's `metrics`
+({"float": {condition: {...}}, "int8": {...}}), so `gnl export
+--metrics-json` can copy it into the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from gnl import perturb
+from gnl.data import Sample, fingerprint, load_image, load_mask, test_samples
+from gnl.metrics import aupro, f1max_threshold, image_auroc, image_f1max, pixel_auroc
+from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, to_tensor
+
+GRID_CELL = 128
+GRID_ROWS = 8
+
+
+class Scorer(Protocol):
+    """Anything that turns an 8-bit BGR frame into the model's raw anomaly map.
+
+    `spec` (input size, normalisation) and `blur_sigma` drive the shared
+    post-processing. `gnl.tflite_runner.Runner` and `TorchScorer` fit.
+    """
+
+    spec: InputSpec
+    blur_sigma: float
+
+    def raw_map(self, bgr: np.ndarray) -> np.ndarray:
+        """h x w float map, higher = more anomalous."""
+        ...
+
+
+class TorchScorer:
+    """A float PyTorch model (NCHW normalised input -> [1,1,h,w] map) as a `Scorer`."""
+
+    def __init__(self, model: nn.Module, spec: InputSpec, blur_sigma: float = BLUR_SIGMA) -> None:
+        self.model, self.spec, self.blur_sigma = model.eval(), spec, blur_sigma
+
+    def raw_map(self, bgr: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(to_tensor(bgr, self.spec))[None]
+        with torch.inference_mode():
+            out = self.model(x)
+        return out.reshape(out.shape[-2], out.shape[-1]).float().numpy()
+
+
+@dataclass
+class LoadedModel:
+    """A scorer with the name its results go under ("float", "int8", "float-tflite")."""
+
+    kind: str
+    path: Path
+    scorer: Scorer
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """A bundle folder (model.json + model.tflite) or a `gnl fit` checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.json").is_file():
+            raise SystemExit(f"{path}: not a bundle (no model.json); pass a bundle folder or a checkpoint")
+        from gnl.tflite_runner import Runner
+
+        runner = Runner(path)
+        kind = "int8" if runner.spec.dtype in ("int8", "uint8") or \
+            runner.meta.get("quantization", "float32") != "float32" else "float-tflite"
+        return LoadedModel(kind, path, runner)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such checkpoint or bundle folder")
+    from gnl.model import load_checkpoint
+
+    model = load_checkpoint(path)
+    size = int(model.config.image_size)
+    spec = InputSpec(width=size, height=size, mean=tuple(model.teacher.mean),
+                     std=tuple(model.teacher.std))
+    return LoadedModel("float", path, TorchScorer(model, spec))
+
+
+@dataclass
+class GridCell:
+    """One heatmap for the PNG grid: the (perturbed) image and mask as scored, and its map."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    amap: np.ndarray
+    score: float
+
+
+@dataclass
+class ConditionRun:
+    """Scores and maps of one model under one condition."""
+
+    labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    grid: dict[int, GridCell] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """The four metrics (and the F1-optimal threshold) of this run."""
+        return {
+            "image_auroc": image_auroc(self.labels, self.scores),
+            "image_f1max": image_f1max(self.labels, self.scores),
+            "pixel_auroc": pixel_auroc(self.masks, self.maps),
+            "aupro": aupro(self.masks, self.maps),
+            "f1max_threshold": f1max_threshold(self.labels, self.scores),
+        }
+
+
+def score_condition(scorer: Scorer, samples: Sequence[Sample], condition: str, seed: int,
+                    grid_rows: Sequence[int] = ()) -> ConditionRun:
+    """Score every sample under `condition`, perturbations drawn from one Generator(seed)."""
+    rng = np.random.default_rng(seed)
+    run = ConditionRun()
+    size = (scorer.spec.width, scorer.spec.height)
+    for i, s in enumerate(samples):
+        img = load_image(s.path)
+        mask = load_mask(s, img.shape[1], img.shape[0])
+        img, mask = perturb.apply(condition, img, mask, rng)
+        amap, score = postprocess(scorer.raw_map(img), scorer.spec, scorer.blur_sigma)
+        run.labels.append(int(s.anomalous))
+        run.scores.append(score)
+        run.masks.append(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+        run.maps.append(amap)
+        if i in grid_rows:
+            run.grid[i] = GridCell(cv2.resize(img, size, interpolation=cv2.INTER_LINEAR),
+                                   run.masks[-1], amap, score)
+    return run
+
+
+def subset(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """`limit` samples evenly spaced over the sorted list (so every label stays in)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    idx = np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))
+    return [samples[i] for i in idx]
+
+
+def grid_rows(samples: Sequence[Sample], n: int = GRID_ROWS) -> list[int]:
+    """Rows for the PNG: a quarter good images, the rest defects, evenly spaced."""
+    good = [i for i, s in enumerate(samples) if not s.anomalous]
+    bad = [i for i, s in enumerate(samples) if s.anomalous]
+    n_good = min(len(good), max(1, n // 4))
+    n_bad = min(len(bad), n - n_good)
+    pick = lambda idx, k: [idx[j] for j in np.linspace(0, len(idx) - 1, k).round().astype(int)] if k else []  # noqa: E731
+    return sorted(set(pick(good, n_good) + pick(bad, n_bad)))
+
+
+def _cell(img: np.ndarray, text: str) -> np.ndarray:
+    img = cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA)
+    cv2.rectangle(img, (0, 0), (GRID_CELL, 14), (0, 0, 0), -1)
+    cv2.putText(img, text[:22], (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def overlay(bgr: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """JET colour map of `amap` scaled to [lo, hi], blended 50/50 over the image."""
+    norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.resize(heat, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
+
+
+def write_grid(path: Path, samples: Sequence[Sample], rows: Sequence[int],
+               runs: dict[tuple[str, str], ConditionRun]) -> None:
+    """PNG: per row an image, its GT mask, then a heatmap per (model, condition).
+
+    Each column's colours share one scale (its min map value to its max
+    score over the rows), so rows compare; the score is written on the cell.
+    """
+    lines = []
+    clean = next(iter(runs.values()))
+    for r in rows:
+        s = samples[r]
+        gt = clean.grid[r].image.copy()
+        m = clean.grid[r].mask > 0
+        gt[m] = (0.5 * gt[m] + (0, 0, 127)).astype(np.uint8)
+        cells = [_cell(load_image(s.path), f"{s.label}/{s.path.stem}"), _cell(gt, "ground truth")]
+        for (kind, cond), run in runs.items():
+            col = [run.grid[i] for i in rows]
+            lo, hi = min(float(c.amap.min()) for c in col), max(c.score for c in col)
+            c = run.grid[r]
+            cells.append(_cell(overlay(c.image, c.amap, lo, hi), f"{kind} {cond} {c.score:.3f}"))
+        lines.append(np.hstack(cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.vstack(lines)):
+        raise SystemExit(f"{path}: cannot write PNG")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `gnl test`."""
+    parser.add_argument("--data", required=True, help="MVTec-layout folder (test/ and ground_truth/)")
+    parser.add_argument("--model", required=True, nargs="+",
+                        help="checkpoint(s) from gnl fit and/or bundle folder(s)")
+    parser.add_argument("--perturb", default="none", choices=perturb.PERTURB_CHOICES,
+                        help="none: clean only; vand2: + VAND 2.0; corrupt: + brightness, "
+                             "contrast, defocus, noise; all: everything")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbation generator")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate N evenly spaced test images")
+    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--grid", type=Path, default=None, help="write a PNG grid of heatmaps")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--int8", action="store_true", help="evaluate only the int8 bundle(s)")
+    only.add_argument("--float", action="store_true", help="evaluate only the float model(s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every model under every condition; print a table, write JSON and PNG."""
+    models = [load_model(p) for p in args.model]
+    if args.int8:
+        models = [m for m in models if m.kind == "int8"]
+    if args.float:
+        models = [m for m in models if m.kind != "int8"]
+    kinds = [m.kind for m in models]
+    if not models:
+        raise SystemExit("gnl test: no model of the requested kind among --model")
+    if len(set(kinds)) != len(kinds):
+        raise SystemExit(f"gnl test: two models of the same kind ({kinds}); evaluate them separately")
+    samples = subset(test_samples(args.data), args.limit)
+    conds = perturb.conditions(args.perturb)
+    rows = grid_rows(samples) if args.grid else []
+    result: dict[str, object] = {
+        "data": str(Path(args.data).resolve()),
+        "test_fingerprint": fingerprint([s.path for s in samples], Path(args.data).resolve() / "test"),
+        "test_images": len(samples), "test_anomalous": sum(s.anomalous for s in samples),
+        "perturb": args.perturb, "seed": args.seed,
+        "models": {m.kind: str(m.path) for m in models},
+    }
+    metrics: dict[str, dict[str, dict[str, float]]] = {m.kind: {} for m in models}
+    runs: dict[tuple[str, str], ConditionRun] = {}
+    for cond in conds:
+        for m in models:
+            t0 = time.time()
+            r = score_condition(m.scorer, samples, cond, args.seed, rows)
+            metrics[m.kind][cond] = r.metrics()
+            metrics[m.kind][cond]["seconds"] = round(time.time() - t0, 1)
+            print(f"{m.kind:12s} {cond:10s} " + " ".join(
+                f"{k} {v:.4f}" for k, v in metrics[m.kind][cond].items() if k != "seconds"),
+                file=sys.stderr)
+            if rows:
+                r.masks, r.maps = [], []  # free the full-set maps; the grid keeps its own
+                runs[(m.kind, cond)] = r
+    result["metrics"] = metrics
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.grid:
+        write_grid(args.grid, samples, rows, runs)
+    return 0
