@@ -40,8 +40,8 @@ from gnl import perturb
 from gnl.data import Sample, fingerprint, load_image, load_mask, test_samples
 from gnl.metrics import aupro, f1max_threshold, image_auroc, image_f1max, pixel_auroc
 from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, to_tensor
+from gnl.report import GridCell, format_table, write_grid
 
-GRID_CELL = 128
 GRID_ROWS = 8
 
 
@@ -106,16 +106,6 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 @dataclass
-class GridCell:
-    """One heatmap for the PNG grid: the (perturbed) image and mask as scored, and its map."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    amap: np.ndarray
-    score: float
-
-
-@dataclass
 class ConditionRun:
     """Scores and maps of one model under one condition."""
 
@@ -175,47 +165,6 @@ def grid_rows(samples: Sequence[Sample], n: int = GRID_ROWS) -> list[int]:
     return sorted(set(pick(good, n_good) + pick(bad, n_bad)))
 
 
-def _cell(img: np.ndarray, text: str) -> np.ndarray:
-    img = cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA)
-    cv2.rectangle(img, (0, 0), (GRID_CELL, 14), (0, 0, 0), -1)
-    cv2.putText(img, text[:22], (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
-
-
-def overlay(bgr: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """JET colour map of `amap` scaled to [lo, hi], blended 50/50 over the image."""
-    norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat = cv2.resize(heat, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
-
-
-def write_grid(path: Path, samples: Sequence[Sample], rows: Sequence[int],
-               runs: dict[tuple[str, str], ConditionRun]) -> None:
-    """PNG: per row an image, its GT mask, then a heatmap per (model, condition).
-
-    Each column's colours share one scale (its min map value to its max
-    score over the rows), so rows compare; the score is written on the cell.
-    """
-    lines = []
-    clean = next(iter(runs.values()))
-    for r in rows:
-        s = samples[r]
-        gt = clean.grid[r].image.copy()
-        m = clean.grid[r].mask > 0
-        gt[m] = (0.5 * gt[m] + (0, 0, 127)).astype(np.uint8)
-        cells = [_cell(load_image(s.path), f"{s.label}/{s.path.stem}"), _cell(gt, "ground truth")]
-        for (kind, cond), run in runs.items():
-            col = [run.grid[i] for i in rows]
-            lo, hi = min(float(c.amap.min()) for c in col), max(c.score for c in col)
-            c = run.grid[r]
-            cells.append(_cell(overlay(c.image, c.amap, lo, hi), f"{kind} {cond} {c.score:.3f}"))
-        lines.append(np.hstack(cells))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.vstack(lines)):
-        raise SystemExit(f"{path}: cannot write PNG")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gnl test`."""
     parser.add_argument("--data", required=True, help="MVTec-layout folder (test/ and ground_truth/)")
@@ -270,10 +219,12 @@ def run(args: argparse.Namespace) -> int:
                 r.masks, r.maps = [], []  # free the full-set maps; the grid keeps its own
                 runs[(m.kind, cond)] = r
     result["metrics"] = metrics
-    print(json.dumps(result, indent=2))
+    print(format_table(metrics))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.grid:
-        write_grid(args.grid, samples, rows, runs)
+        write_grid(args.grid, [f"{samples[r].label}/{samples[r].path.stem}" for r in rows],
+                   [load_image(samples[r].path) for r in rows],
+                   {f"{k} {c}": [run.grid[r] for r in rows] for (k, c), run in runs.items()})
     return 0

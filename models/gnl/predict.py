@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 
 from gnl.data import load_image
-from gnl.evaluate import load_model, overlay
+from gnl.evaluate import load_model
 from gnl.preprocess import postprocess
+from gnl.report import overlay
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 from gnl import evaluate, predict
 from gnl.data import test_samples
 from gnl.preprocess import InputSpec
+from gnl.report import GRID_CELL
 from test_data import make_mvtec
 
 TINY_BUNDLE = Path(__file__).resolve().parents[1] / "testdata" / "tiny"
@@ -72,7 +72,7 @@ def test_cli_float_and_int8_side_by_side(tmp_path: Path) -> None:
                 assert 0.0 <= m[k] <= 1.0
     img = cv2.imread(str(grid))
     n_rows = len(evaluate.grid_rows(evaluate.subset(test_samples(root), 5)))
-    assert img.shape == (n_rows * evaluate.GRID_CELL, (2 + 2 * 6) * evaluate.GRID_CELL, 3)
+    assert img.shape == (n_rows * GRID_CELL, (2 + 2 * 6) * GRID_CELL, 3)
 
     only = parser.parse_args(["--data", str(root), "--model", str(ckpt), str(TINY_BUNDLE),
                               "--int8", "--json", str(out)])
