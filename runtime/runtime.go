@@ -197,9 +197,14 @@ func (ip *Interpreter) free() {
 
 // oneLine joins TFLite's multi-line messages for an error string.
 func oneLine(s string) string {
-	s = strings.TrimSpace(strings.ReplaceAll(s, "\n", "; "))
-	if s == "" {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
 		return "no message from TFLite"
 	}
-	return s
+	return strings.Join(lines, "; ")
 }

@@ -3,13 +3,15 @@
     python -m gnl.tflite_runner BUNDLE IMAGE... --json
 
 prints one JSON object per image with the raw map (h x w, float32, as a flat
-list) and the score, for the Go parity tests (pipeline/parity_test.go).
+list) the score and the SHA-256 of the input tensor's bytes, for the Go parity
+tests (pipeline/parity_test.go).
 Preprocessing and post-processing are gnl.preprocess, i.e. BUNDLE.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -86,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.images:
         bgr = preprocess.read_bgr(path)
         raw = runner.raw_map(bgr)
+        tensor = preprocess.to_input(bgr, runner.spec)
         _, score = preprocess.postprocess(raw, runner.spec, runner.blur_sigma)
         rec = {"image": str(path), "h": raw.shape[0], "w": raw.shape[1], "score": score,
-               "min": float(raw.min()), "max": float(raw.max()), "mean": float(raw.mean())}
+               "min": float(raw.min()), "max": float(raw.max()), "mean": float(raw.mean()),
+               "input_sha256": hashlib.sha256(tensor.tobytes()).hexdigest()}
         if args.json:
             rec["raw_map"] = raw.ravel().tolist()
             print(json.dumps(rec))

@@ -1,0 +1,120 @@
+package pipeline
+
+import (
+	"bytes"
+	"errors"
+	"image"
+	"strings"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"gnld/models"
+	"gnld/runtime"
+)
+
+func newTiny(t testing.TB, dir string) *Pipeline {
+	t.Helper()
+	b, err := models.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(b, runtime.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestProcess(t *testing.T) {
+	p := newTiny(t, "../models/testdata/tiny")
+	frame := gocv.IMRead(testImages(t)[0], gocv.IMReadColor)
+	defer frame.Close()
+	res, err := p.Process(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.MapW != 160 || res.MapH != 128 || len(res.Map) != 160*128 {
+		t.Fatalf("map %dx%d (%d values)", res.MapW, res.MapH, len(res.Map))
+	}
+	if res.Threshold != float32(p.Meta().Threshold.Value) || res.Anomalous != (res.Score >= res.Threshold) {
+		t.Errorf("threshold %v score %v anomalous %v", res.Threshold, res.Score, res.Anomalous)
+	}
+	if res.Timings.Invoke <= 0 || res.Timings.Normalize <= 0 || res.Timings.Post <= 0 {
+		t.Errorf("timings %+v", res.Timings)
+	}
+	p.SetThreshold(res.Score + 1)
+	if res, _ = p.Process(frame); res.Anomalous {
+		t.Error("anomalous above an overridden threshold")
+	}
+	p.SetThreshold(res.Score)
+	if res, _ = p.Process(frame); !res.Anomalous {
+		t.Error("score == threshold must be anomalous")
+	}
+	if m8 := p.RawMap8(res); len(m8) != len(res.Map) {
+		t.Errorf("RawMap8: %d bytes", len(m8))
+	}
+	png, err := p.Heatmap(frame, res)
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Errorf("Heatmap: %v, %d bytes", err, len(png))
+	}
+}
+
+// A frame already at the input size skips the resize; the result must be the
+// same as for the frame that is resized to it.
+func TestProcessInputSize(t *testing.T) {
+	p := newTiny(t, "../models/testdata/tiny-float")
+	frame := gocv.IMRead(testImages(t)[2], gocv.IMReadColor)
+	defer frame.Close()
+	small := gocv.NewMat()
+	defer small.Close()
+	gocv.Resize(frame, &small, image.Pt(160, 128), 0, 0, gocv.InterpolationLinear)
+	a, err := p.Process(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Process(small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Score != b.Score {
+		t.Errorf("score %v for the full frame, %v for it resized", a.Score, b.Score)
+	}
+}
+
+func TestProcessBadFrames(t *testing.T) {
+	p := newTiny(t, "../models/testdata/tiny")
+	empty := gocv.NewMat()
+	grey := gocv.NewMatWithSize(100, 100, gocv.MatTypeCV8U)
+	bgra := gocv.NewMatWithSize(100, 100, gocv.MatTypeCV8UC4)
+	defer empty.Close()
+	defer grey.Close()
+	defer bgra.Close()
+	for name, m := range map[string]gocv.Mat{"empty": empty, "grey": grey, "bgra": bgra} {
+		_, err := p.Process(m)
+		if !errors.Is(err, ErrFrame) {
+			t.Errorf("%s: error %v, want ErrFrame", name, err)
+		}
+		if name != "empty" && !strings.Contains(err.Error(), "want 8-bit BGR") {
+			t.Errorf("%s: error %q does not say what is wanted", name, err)
+		}
+	}
+}
+
+// TestProcessAllocs: in steady state Process allocates no Go memory.
+func TestProcessAllocs(t *testing.T) {
+	for _, dir := range []string{"../models/testdata/tiny", "../models/testdata/tiny-float"} {
+		p := newTiny(t, dir)
+		frame := gocv.IMRead(testImages(t)[0], gocv.IMReadColor)
+		allocs := testing.AllocsPerRun(20, func() {
+			if _, err := p.Process(frame); err != nil {
+				t.Fatal(err)
+			}
+		})
+		frame.Close()
+		if allocs != 0 {
+			t.Errorf("%s: %.1f allocations per Process, want 0", dir, allocs)
+		}
+	}
+}
