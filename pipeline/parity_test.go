@@ -36,6 +36,7 @@ import (
 //     ai_edge_litert alone, XNNPACK and the builtin int8 kernels differ by
 //     0.026 on the tiny bundle; Go vs Python measured 0.020. The bound is
 //     twice the former.
+//
 // The input tensor and the post-processing must match exactly.
 const (
 	tolFloatMap = 1e-5
