@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.stats import rankdata
 from tqdm import tqdm
 
@@ -59,6 +60,7 @@ SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
 HOLDOUT_FRACTION = 0.1
 NORMAL_QUANTILE = 0.995
 CALIB_SEED_OFFSET = 1  # synthetic anomalies for calibration: seed + 1, fixed
+EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
 class FitError(RuntimeError):
@@ -128,10 +130,14 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig) -> dict[str, Any]:
-    """Everything needed to rebuild and retrain the model (checkpoint `config`)."""
+def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
+            paths: Sequence[Path], data_fp: str) -> dict[str, Any]:
+    """Everything needed to rebuild and retrain the model, and what it was
+    trained on (checkpoint `config`; gnl/export.py copies data, fingerprint,
+    images, seed and image_size into model.json)."""
     return {
         **model_cfg.as_dict(),
+        "data": Path(args.data).resolve().name, "fingerprint": data_fp, "images": len(paths),
         "channel_order": spec.channel_order, "mean": list(spec.mean), "std": list(spec.std),
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch": args.batch,
         "seed": args.seed, "lr": 0.005, "betas": [0.5, 0.999], "top_k": 10,
@@ -154,210 +160,244 @@ def _optimizers(model: GNL, cfg: dict[str, Any]) -> tuple[torch.optim.Optimizer,
     return distill, seg
 
 
+class Trainer:
+    """The state of one `gnl fit`: model, optimisers, data, RNG, history, and
+    the checkpoint that holds all of it."""
+
+    def __init__(self, args: argparse.Namespace, paths: list[Path], data_fp: str,
+                 prev: dict[str, Any] | None) -> None:
+        self.args = args
+        self.ckpt_path = args.out / CHECKPOINT
+        torch.manual_seed(args.seed)
+        self.rng = np.random.default_rng(args.seed)
+        try:
+            model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size)
+        except ValueError as e:
+            raise FitError(str(e)) from e
+        self.model = build_model(model_cfg)
+        self.spec = InputSpec(args.image_size, args.image_size,
+                              mean=tuple(self.model.teacher.mean), std=tuple(self.model.teacher.std))
+        self.cfg = _config(args, self.spec, model_cfg, paths, data_fp)
+        self.opt_distill, self.opt_seg = _optimizers(self.model, self.cfg)
+        self.train_paths, self.held_paths = split_holdout(paths, args.seed)
+        self.history: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage2": [], "runs": []}
+        self.epoch, self.seg_step = 0, 0
+        if prev is not None:
+            self.model.load_trainable_state_dict(prev["state_dict"])
+            self.opt_distill.load_state_dict(prev["optimizer"]["distill"])
+            if self.opt_seg is not None:
+                self.opt_seg.load_state_dict(prev["optimizer"]["seg"])
+            self.rng.bit_generator.state = prev["rng"]["numpy"]
+            torch.set_rng_state(prev["rng"]["torch"])
+            self.history, self.epoch, self.seg_step = prev["history"], prev["epoch"], prev["seg_step"]
+        self.images = load_images(self.train_paths, args.image_size)
+        self.start = time.monotonic()
+        self.deadline = self.start + args.max_minutes * 60
+        self.run_record: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "stopped_by": "epochs"}
+
+    def save(self) -> None:
+        """Write OUT/checkpoint.pt (format: see gnl.model.load_checkpoint)."""
+        torch.save({
+            "config": self.cfg, "state_dict": self.model.trainable_state_dict(),
+            "epoch": self.epoch, "seg_step": self.seg_step,
+            "optimizer": {"distill": self.opt_distill.state_dict(),
+                          "seg": self.opt_seg.state_dict() if self.opt_seg is not None else None},
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "history": self.history, "held_out": [p.name for p in self.held_paths],
+        }, self.ckpt_path)
+
+    def stage1(self) -> None:
+        """Distillation epochs until --epochs or the stage-1 share of --max-minutes."""
+        a, model, n = self.args, self.model, len(self.images)
+        share = STAGE1_SHARE if model.segmentation is not None else 1.0
+        deadline = self.start + a.max_minutes * 60 * share
+        steps_per_epoch = a.steps_per_epoch or math.ceil(n / a.batch)
+        step_times: list[float] = []
+        model.train()
+        while self.epoch < a.epochs and time.monotonic() < deadline:
+            order = self.rng.permutation(n)
+            sums = {"loss": 0.0, "global": 0.0, "topk": 0.0, "structure": 0.0}
+            t_epoch = time.monotonic()
+            steps = 0
+            for step in tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {self.epoch + 1}/{a.epochs}",
+                             disable=None):
+                t = time.monotonic()
+                clean = [self.images[order[(step * a.batch + j) % n]] for j in range(a.batch)]
+                x = to_batch(clean + [augment(im, self.rng) for im in clean], self.spec)
+                f = model.features(x, seg=False)
+                loss, parts = distillation_loss(f.teacher, f.student, self.cfg["top_k"])
+                self.opt_distill.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt_distill.step()
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] += v
+                steps += 1
+                step_times.append(time.monotonic() - t)
+                if time.monotonic() >= deadline:
+                    break
+            self.epoch += 1
+            record = {"epoch": self.epoch, "steps": steps, "seconds": round(time.monotonic() - t_epoch, 1),
+                      **{k: v / steps for k, v in sums.items()}}
+            self.history["stage1"].append(record)
+            tqdm.write(f"stage 1 epoch {self.epoch}: loss {record['loss']:.4f} "
+                       f"({steps} steps, {record['seconds']} s)", file=sys.stderr)
+            self.save()
+        if self.epoch < a.epochs:
+            self.run_record["stopped_by"] = "max-minutes"
+        if step_times:
+            self.seg_step = 0  # the student changed: retrain the head on it (warm start)
+        self.run_record.update({
+            "stage1_seconds": round(time.monotonic() - self.start, 1), "stage1_steps": len(step_times),
+            "seconds_per_step": round(float(np.mean(step_times)), 3) if step_times else None})
+
+    def _seg_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images, half with a synthetic anomaly, and their masks [B,1,S,S]."""
+        imgs, masks = [], []
+        for i in self.rng.integers(len(self.images), size=self.args.batch):
+            img = self.images[i]
+            if self.rng.random() < SEG_ANOMALY_P:
+                img, mask = synthesize(img, self.rng)
+            else:
+                mask = np.zeros(img.shape[:2], np.float32)
+            imgs.append(img)
+            masks.append(mask)
+        return to_batch(imgs, self.spec), torch.from_numpy(np.stack(masks))[:, None]
+
+    def stage2(self) -> None:
+        """Segmentation-head steps (student frozen) until --seg-steps or --max-minutes."""
+        model, opt = self.model, self.opt_seg
+        t0, steps_run = time.monotonic(), 0
+        if model.segmentation is not None and opt is not None:
+            model.eval()
+            model.bottleneck.requires_grad_(False)
+            model.student.requires_grad_(False)
+            model.segmentation.train()
+            sums, chunk = {"loss": 0.0, "focal": 0.0, "l1": 0.0}, 0
+            bar = tqdm(total=self.args.seg_steps, initial=self.seg_step, desc="stage 2 segmentation",
+                       disable=None)
+            while self.seg_step < self.args.seg_steps:
+                if time.monotonic() >= self.deadline:
+                    self.run_record["stopped_by"] = "max-minutes"
+                    break
+                x, mask = self._seg_batch()
+                logits = model.features(x).seg_logits
+                assert logits is not None
+                # DeSTSeg: masks resized bilinearly to the logits, then binarised at 0.5.
+                mask = (F.interpolate(mask, size=logits.shape[-2:], mode="bilinear",
+                                      align_corners=False) >= 0.5).float()
+                loss, parts = segmentation_loss(logits, mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] += v
+                self.seg_step += 1
+                steps_run += 1
+                chunk += 1
+                bar.update(1)
+                if chunk == SEG_CHECKPOINT_EVERY or self.seg_step == self.args.seg_steps:
+                    self._record_seg(sums, chunk)
+                    chunk = 0
+            bar.close()
+            if chunk:
+                self._record_seg(sums, chunk)
+        self.run_record.update({"stage2_seconds": round(time.monotonic() - t0, 1), "stage2_steps": steps_run})
+
+    def _record_seg(self, sums: dict[str, float], chunk: int) -> None:
+        """Append the mean stage-2 losses of the last `chunk` steps, reset them, checkpoint."""
+        self.history["stage2"].append({"step": self.seg_step, **{k: v / chunk for k, v in sums.items()}})
+        for k in sums:
+            sums[k] = 0.0
+        self.save()
+
+    def calibrate(self) -> dict[str, Any]:
+        """Scores of the held-back normal images, clean and with a synthetic
+        anomaly (seeded apart from training): threshold and AUROC."""
+        t0 = time.monotonic()
+        held = load_images(self.held_paths, self.args.image_size)
+        crng = np.random.default_rng(self.args.seed + CALIB_SEED_OFFSET)
+        normal = image_scores(self.model, held, self.spec, self.args.batch)
+        synthetic = image_scores(self.model, [synthesize(im, crng)[0] for im in held], self.spec, self.args.batch)
+        calibration = {
+            "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
+            "blur_sigma": BLUR_SIGMA, "normal_quantile": NORMAL_QUANTILE,
+            "threshold": float(np.quantile(normal, NORMAL_QUANTILE)),
+            "synthetic_auroc": auroc(normal, synthetic),
+            "held_out": [p.name for p in self.held_paths],
+            "normal_scores": normal.round(6).tolist(), "synthetic_scores": synthetic.round(6).tolist(),
+        }
+        (self.args.out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+        self.run_record["calibration_seconds"] = round(time.monotonic() - t0, 1)
+        return calibration
+
+    def write_summary(self, calibration: dict[str, Any]) -> None:
+        """OUT/train.json: config, data, what was trained, losses, timings."""
+        self.history["runs"].append(self.run_record)
+        self.save()
+        m = self.model
+        parts = (("teacher", m.teacher), ("bottleneck", m.bottleneck), ("student", m.student),
+                 ("segmentation", m.segmentation))
+        summary = {
+            "config": self.cfg,
+            "data": {"root": str(Path(self.args.data).resolve()), "fingerprint": self.cfg["fingerprint"],
+                     "images": self.cfg["images"], "train": len(self.train_paths),
+                     "held_out": len(self.held_paths)},
+            "epochs_done": self.epoch, "seg_steps_done": self.seg_step if m.segmentation is not None else 0,
+            "parameters": {name: sum(p.numel() for p in part.parameters())
+                           for name, part in parts if part is not None},
+            "calibration": {k: calibration[k] for k in ("threshold", "normal_quantile", "synthetic_auroc")},
+            "losses": {"stage1": self.history["stage1"], "stage2": self.history["stage2"]},
+            "runs": self.history["runs"],
+        }
+        (self.args.out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def fit(args: argparse.Namespace) -> None:
     """Train, calibrate, and export (see the module docstring)."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.out / CHECKPOINT
     paths = train_images(args.data)
     if len(paths) < 2:
         raise DatasetError(f"{Path(args.data) / 'train' / 'good'}: {len(paths)} image; need at least 2 "
                            "(10% are held back to calibrate the threshold)")
     data_fp = fingerprint(paths)
-
     prev: dict[str, Any] | None = None
     if args.resume:
         if not ckpt_path.is_file():
             raise FitError(f"{ckpt_path}: no checkpoint to resume; run without --resume to start afresh")
         prev = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if prev["fingerprint"] != data_fp:
+        c = prev["config"]
+        if c["fingerprint"] != data_fp:
             raise FitError(f"{args.data}: train/good differs from the data {ckpt_path} was trained on; "
                            "resume with the same data or start afresh without --resume")
-        # The architecture and the data order come from the checkpoint; budgets from this command line.
-        c = prev["config"]
+        # Architecture and data order come from the checkpoint; budgets from this command line.
         args.backbone, args.method, args.image_size, args.batch, args.seed = (
             c["backbone"], c["method"], c["image_size"], c["batch"], c["seed"])
         args.steps_per_epoch = args.steps_per_epoch or c["steps_per_epoch"]
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    try:
-        model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size)
-    except ValueError as e:
-        raise FitError(str(e)) from e
-    model = build_model(model_cfg)
-    spec = InputSpec(args.image_size, args.image_size, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
-    cfg = _config(args, spec, model_cfg)
-    opt_distill, opt_seg = _optimizers(model, cfg)
-
-    train_paths, held_paths = split_holdout(paths, args.seed)
-    history: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage2": [], "runs": []}
-    epoch, seg_step = 0, 0
+    trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:
-        model.load_trainable_state_dict(prev["state_dict"])
-        opt_distill.load_state_dict(prev["optimizer"]["distill"])
-        if opt_seg is not None:
-            opt_seg.load_state_dict(prev["optimizer"]["seg"])
-        rng.bit_generator.state = prev["rng"]["numpy"]
-        torch.set_rng_state(prev["rng"]["torch"])
-        history, epoch, seg_step = prev["history"], prev["epoch"], prev["seg_step"]
-        print(f"gnl fit: resuming {ckpt_path} at epoch {epoch}, segmentation step {seg_step}", file=sys.stderr)
-
-    def save() -> None:
-        torch.save({
-            "config": cfg, "state_dict": model.trainable_state_dict(), "epoch": epoch, "seg_step": seg_step,
-            "optimizer": {"distill": opt_distill.state_dict(),
-                          "seg": opt_seg.state_dict() if opt_seg is not None else None},
-            "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-            "history": history, "fingerprint": data_fp, "images": len(paths),
-            "held_out": [p.name for p in held_paths],
-        }, ckpt_path)
-
-    images = load_images(train_paths, args.image_size)
-    n = len(images)
-    start = time.monotonic()
-    budget_s = args.max_minutes * 60
-    stage1_deadline = start + budget_s * (STAGE1_SHARE if model.segmentation is not None else 1.0)
-    this_run: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stopped_by": "epochs"}
-
-    # ---- stage 1: distillation ----------------------------------------------------------
-    steps_per_epoch = args.steps_per_epoch or math.ceil(n / args.batch)
-    step_times: list[float] = []
-    model.train()
-    while epoch < args.epochs and time.monotonic() < stage1_deadline:
-        order = rng.permutation(n)
-        sums = {"loss": 0.0, "global": 0.0, "topk": 0.0, "structure": 0.0}
-        t_epoch = time.monotonic()
-        steps = 0
-        for step in tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{args.epochs}", disable=None):
-            t = time.monotonic()
-            clean = [images[order[(step * args.batch + j) % n]] for j in range(args.batch)]
-            x = to_batch(clean + [augment(im, rng) for im in clean], spec)
-            f = model.features(x, seg=False)
-            loss, parts = distillation_loss(f.teacher, f.student, cfg["top_k"])
-            opt_distill.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_distill.step()
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] += v
-            steps += 1
-            step_times.append(time.monotonic() - t)
-            if time.monotonic() >= stage1_deadline:
-                this_run["stopped_by"] = "max-minutes"
-                break
-        epoch += 1
-        record = {"epoch": epoch, "steps": steps, "seconds": round(time.monotonic() - t_epoch, 1),
-                  **{k: v / steps for k, v in sums.items()}}
-        history["stage1"].append(record)
-        tqdm.write(f"stage 1 epoch {epoch}: loss {record['loss']:.4f} ({steps} steps, {record['seconds']} s)",
-                   file=sys.stderr)
-        save()
-    if epoch < args.epochs:
-        this_run["stopped_by"] = "max-minutes"
-    stage1_s = time.monotonic() - start
-    if step_times:
-        seg_step = 0  # the student changed: retrain the head on it (warm start)
-
-    # ---- stage 2: segmentation head on synthetic anomalies ------------------------------
-    t2 = time.monotonic()
-    seg_steps_this_run = 0
-    if model.segmentation is not None and opt_seg is not None:
-        model.eval()
-        model.bottleneck.requires_grad_(False)
-        model.student.requires_grad_(False)
-        model.segmentation.train()
-        sums2 = {"loss": 0.0, "focal": 0.0, "l1": 0.0}
-        chunk = 0
-        bar = tqdm(total=args.seg_steps, initial=seg_step, desc="stage 2 segmentation", disable=None)
-        while seg_step < args.seg_steps:
-            if time.monotonic() >= start + budget_s:
-                this_run["stopped_by"] = "max-minutes"
-                break
-            batch_imgs, masks = [], []
-            for i in rng.integers(n, size=args.batch):
-                if rng.random() < SEG_ANOMALY_P:
-                    img, mask = synthesize(images[i], rng)
-                else:
-                    img, mask = images[i], np.zeros(images[i].shape[:2], np.float32)
-                batch_imgs.append(img)
-                masks.append(mask)
-            f = model.features(to_batch(batch_imgs, spec))
-            assert f.seg_logits is not None
-            m = torch.nn.functional.interpolate(torch.from_numpy(np.stack(masks))[:, None],
-                                                size=f.seg_logits.shape[-2:], mode="bilinear", align_corners=False)
-            loss, parts = segmentation_loss(f.seg_logits, (m >= 0.5).float())
-            opt_seg.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_seg.step()
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums2[k] += v
-            seg_step += 1
-            seg_steps_this_run += 1
-            chunk += 1
-            bar.update(1)
-            if chunk == SEG_CHECKPOINT_EVERY or seg_step == args.seg_steps:
-                history["stage2"].append({"step": seg_step, **{k: v / chunk for k, v in sums2.items()}})
-                sums2 = dict.fromkeys(sums2, 0.0)
-                chunk = 0
-                save()
-        bar.close()
-        if chunk:
-            history["stage2"].append({"step": seg_step, **{k: v / chunk for k, v in sums2.items()}})
-    stage2_s = time.monotonic() - t2
-    seg_steps_run = seg_step if model.segmentation is not None else 0
-
-    # ---- calibration on held-back normal images -----------------------------------------
-    t3 = time.monotonic()
-    held = load_images(held_paths, args.image_size)
-    crng = np.random.default_rng(args.seed + CALIB_SEED_OFFSET)
-    normal = image_scores(model, held, spec, args.batch)
-    synthetic = image_scores(model, [synthesize(im, crng)[0] for im in held], spec, args.batch)
-    threshold = float(np.quantile(normal, NORMAL_QUANTILE))
-    calibration = {
-        "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
-        "blur_sigma": BLUR_SIGMA, "normal_quantile": NORMAL_QUANTILE, "threshold": threshold,
-        "synthetic_auroc": auroc(normal, synthetic),
-        "held_out": [p.name for p in held_paths],
-        "normal_scores": normal.round(6).tolist(), "synthetic_scores": synthetic.round(6).tolist(),
-    }
-    (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
-    calib_s = time.monotonic() - t3
-
-    this_run.update({
-        "stage1_seconds": round(stage1_s, 1), "stage1_steps": len(step_times),
-        "seconds_per_step": round(float(np.mean(step_times)), 3) if step_times else None,
-        "stage2_seconds": round(stage2_s, 1),
-        "stage2_steps": seg_steps_this_run,
-        "calibration_seconds": round(calib_s, 1),
-    })
-    history["runs"].append(this_run)
-    save()
-    n_params = {name: sum(p.numel() for p in part.parameters())
-                for name, part in (("teacher", model.teacher), ("bottleneck", model.bottleneck),
-                                   ("student", model.student), ("segmentation", model.segmentation))
-                if part is not None}
-    summary = {
-        "config": cfg,
-        "data": {"root": str(Path(args.data).resolve()), "fingerprint": data_fp, "images": len(paths),
-                 "train": len(train_paths), "held_out": len(held_paths)},
-        "epochs_done": epoch, "seg_steps_done": seg_steps_run, "parameters": n_params,
-        "calibration": {k: calibration[k] for k in ("threshold", "normal_quantile", "synthetic_auroc")},
-        "losses": {"stage1": history["stage1"], "stage2": history["stage2"]},
-        "runs": history["runs"],
-    }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"gnl fit: {epoch} epochs, {seg_steps_run} segmentation steps; threshold {threshold:.4f}, "
-          f"synthetic-anomaly AUROC {calibration['synthetic_auroc']:.3f} on {len(held)} held-back images; "
-          f"wrote {ckpt_path}", file=sys.stderr)
+        print(f"gnl fit: resuming {ckpt_path} at epoch {trainer.epoch}, segmentation step {trainer.seg_step}",
+              file=sys.stderr)
+    trainer.stage1()
+    trainer.stage2()
+    calibration = trainer.calibrate()
+    trainer.write_summary(calibration)
+    threshold = calibration["threshold"]
+    print(f"gnl fit: {trainer.epoch} epochs, {trainer.seg_step} segmentation steps; threshold {threshold:.4f}, "
+          f"synthetic-anomaly AUROC {calibration['synthetic_auroc']:.3f} on {len(trainer.held_paths)} "
+          f"held-back images; wrote {ckpt_path}", file=sys.stderr)
 
     if args.no_export:
         return
     if importlib.util.find_spec("gnl.export") is None:
         print("gnl fit: gnl/export.py is not installed yet; skipping the bundle "
-              f"(export later with: gnl export --checkpoint {ckpt_path} --out {out})", file=sys.stderr)
+              f"(export later with: gnl export --checkpoint {ckpt_path} --out {args.out})", file=sys.stderr)
         return
     from gnl.export import export_bundle
 
-    export_bundle(ckpt_path, out, calib_images=train_paths,
+    step = max(len(trainer.train_paths) // EXPORT_CALIB_IMAGES, 1)
+    export_bundle(ckpt_path, args.out, calib_images=trainer.train_paths[::step][:EXPORT_CALIB_IMAGES],
                   threshold_info={"value": threshold, "source": "normal", "normal": threshold,
                                   "normal_quantile": NORMAL_QUANTILE, "f1_optimal": None})
