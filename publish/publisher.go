@@ -12,7 +12,8 @@
 // connection in the background (a broker that is down at start-up is
 // retried, like one lost later). Run is the sender: call it once, in its
 // own goroutine; it returns after Close, once everything queued before
-// Close is published or spooled and "offline" is sent. Result and Map may
+// Close is published, or spooled and the hard deadline given to Run has
+// passed, and "offline" is sent. Result and Map may
 // be called from any goroutine between Connect and Close; Close is called
 // once, after the last Result. Stats is safe at any time.
 //
@@ -277,8 +278,9 @@ func (p *Publisher) Stats() Stats {
 const replayBatch = 100
 
 // Run is the sender loop; see the package comment. hard is the shutdown
-// deadline: once it is done, nothing more is tried on the broker and what
-// is left goes to the spool.
+// deadline: after Close, Run waits until then for the broker to take the
+// spool; once hard is done nothing more is tried on the broker and what is
+// left goes to (or stays in) the spool.
 func (p *Publisher) Run(hard context.Context) {
 	retry := time.NewTicker(time.Second) // replay even if a connect signal was missed
 	defer retry.Stop()
@@ -391,17 +393,28 @@ func (p *Publisher) sendStats(ctx context.Context) {
 	p.publish(ctx, Message{Topic: p.Topic(p.cfg.Device, "stats"), Payload: b}, false)
 }
 
-// finish runs after Close: replay what it can, publish "offline" and
-// disconnect.
+// finish runs after Close: it replays the spool, waiting for the broker
+// if need be, until the spool is empty or hard is done; then it publishes
+// "offline" and disconnects. What is left stays in the spool for the next
+// run.
 func (p *Publisher) finish(hard context.Context) {
-	for p.spool.len() > 0 && p.client.IsConnectionOpen() && hard.Err() == nil {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for p.spool.len() > 0 && hard.Err() == nil {
 		before := p.spool.len()
 		p.replay(hard, replayBatch)
-		if p.spool.len() == before {
-			break
+		if p.spool.len() == before { // broker away: wait for it
+			select {
+			case <-p.kick:
+			case <-tick.C:
+			case <-hard.Done():
+			}
 		}
 	}
 	st := p.Stats()
+	if st.SpoolLen > 0 {
+		p.log.Warn("mqtt: stopping with results in the spool; the next run publishes them", "spool_len", st.SpoolLen, "dir", p.cfg.SpoolDir)
+	}
 	p.disconnect()
 	p.log.Info("mqtt: stopped", "published", st.Published, "spooled", st.Spooled, "spool_len", st.SpoolLen,
 		"spool_dropped", st.SpoolDropped, "disconnects", st.Disconnects)

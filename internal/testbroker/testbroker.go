@@ -45,7 +45,7 @@ func Start(t testing.TB) *Broker {
 	b := &Broker{t: t, Port: FreePort(t), dir: t.TempDir()}
 	// user root: as root, mosquitto would otherwise switch to a user that
 	// cannot write the test's temporary folder.
-	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest stderr\nlog_type error\nlog_type warning\n", b.Port, b.dir)
+	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest none\n", b.Port, b.dir)
 	if err := os.WriteFile(filepath.Join(b.dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,6 @@ func (b *Broker) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", b.Port)
 func (b *Broker) start() {
 	b.t.Helper()
 	cmd := exec.Command(b.cmd.Path, b.cmd.Args[1:]...)
-	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.t.Fatal(err)
 	}

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"gnld/capture"
+	"gnld/publish"
+)
+
+// prefix starts every gnld environment variable.
+const prefix = "GNLD"
+
+// Config is gnld's configuration, read from GNLD_* environment variables.
+// The tags are the documentation: docs/CONFIG.md is generated from them
+// (go test ./cmd/gnld -run TestConfigDoc -update) and a test keeps the two
+// equal. Per-camera variables are in CameraConfig.
+//
+// Config has no methods: loadConfig embeds it in a struct built at run
+// time, which reflect only allows for types without methods.
+type Config struct {
+	Cameras  cameraList `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
+	ModelDir string     `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md)."`
+	Threads  int        `default:"1" desc:"TFLite CPU threads per camera."`
+	Delegate string     `desc:"TFLite delegate: empty or cpu, gpu (binaries built with -tags gpu), or the path of an external delegate .so."`
+
+	Site   string `default:"default" desc:"Site level of every MQTT topic: gnl/<site>/..."`
+	Device string `desc:"Device level of the status and stats topics (gnl/<site>/<device>/status); empty: the host name."`
+
+	MQTTBroker       string        `envconfig:"MQTT_BROKER" default:"tcp://127.0.0.1:1883" desc:"MQTT broker URL: tcp://, ssl://, tls://, mqtts://, ws:// or wss://."`
+	MQTTClientID     string        `envconfig:"MQTT_CLIENT_ID" desc:"MQTT client ID, unique per device (a shared ID makes availability flap); empty: gnld-<device>."`
+	MQTTUsername     string        `envconfig:"MQTT_USERNAME" desc:"MQTT user name."`
+	MQTTPassword     string        `envconfig:"MQTT_PASSWORD" desc:"MQTT password."`
+	MQTTCAFile       string        `envconfig:"MQTT_CA_FILE" desc:"PEM file of the CA that signed the broker's certificate; empty: the system's CAs."`
+	MQTTCertFile     string        `envconfig:"MQTT_CERT_FILE" desc:"PEM client certificate for TLS client authentication (with GNLD_MQTT_KEY_FILE)."`
+	MQTTKeyFile      string        `envconfig:"MQTT_KEY_FILE" desc:"PEM private key of GNLD_MQTT_CERT_FILE."`
+	MQTTQoS          int           `envconfig:"MQTT_QOS" default:"1" desc:"QoS of results and maps: 0, 1 or 2. Below 1 the broker does not acknowledge, so nothing is spooled for a lost connection."`
+	MQTTTimeout      time.Duration `envconfig:"MQTT_TIMEOUT" default:"5s" desc:"Limit for connecting and for each acknowledgement; a result not acknowledged in time is spooled."`
+	MQTTReconnectMax time.Duration `envconfig:"MQTT_RECONNECT_MAX" default:"30s" desc:"Cap of the MQTT reconnect backoff."`
+
+	Map           string        `default:"off" desc:"Publish the anomaly map on gnl/<site>/<camera>/map: off, png (heat map over the frame) or raw (8-bit map, row-major). Never spooled nor retained."`
+	StatsInterval time.Duration `split_words:"true" default:"60s" desc:"Period of the stats topic gnl/<site>/<device>/stats; 0 turns it off."`
+	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts)."`
+	SpoolMax      int           `split_words:"true" default:"10000" desc:"Most results the spool keeps; when full the oldest are dropped, counted and logged."`
+
+	ReadTimeout  time.Duration `split_words:"true" default:"10s" desc:"Capture watchdog: a source that gives no frame for this long is abandoned and reopened."`
+	ReconnectMin time.Duration `split_words:"true" default:"1s" desc:"First delay before reopening a failed source; it doubles per failure."`
+	ReconnectMax time.Duration `split_words:"true" default:"30s" desc:"Cap of the delay between source reopen attempts."`
+
+	ExitWhenDone    bool          `split_words:"true" default:"true" desc:"Exit (status 0) once every camera has a finite source (folder or file without loop) that has ended and all results are published or spooled. false: keep running."`
+	ShutdownTimeout time.Duration `split_words:"true" default:"10s" desc:"When stopping (SIGTERM, or every source ended): time to finish frames in flight and to publish spooled results, waiting for the broker if it is away. Results still unpublished then stay in the spool for the next run (exit status 0); cameras or pipelines that have not stopped by then make gnld exit with status 1."`
+	LogLevel        slog.Level    `split_words:"true" default:"info" doc_type:"Level" desc:"debug (one line per frame), info, warn or error."`
+	LogFormat       string        `split_words:"true" default:"text" desc:"text or json."`
+
+	// Filled by loadConfig from GNLD_CAMERA_<NAME>_* variables, in the order
+	// of Cameras.
+	cameras []CameraConfig
+}
+
+// CameraConfig holds one camera's GNLD_CAMERA_<NAME>_* variables.
+type CameraConfig struct {
+	Source    string   `desc:"The camera's source; overrides GNLD_CAMERAS. Use it for sources that contain commas, such as GStreamer pipelines."`
+	Threshold *float64 `doc_type:"Float" desc:"Anomaly threshold (score >= threshold is anomalous); unset: threshold.value of the bundle."`
+	ROI       roi      `doc_type:"X,Y,W,H" desc:"Crop to this rectangle, in pixels, before rotation; empty or unset: the whole frame."`
+	Rotate    int      `default:"0" desc:"Rotate frames clockwise by 0, 90, 180 or 270 degrees."`
+	Loop      bool     `default:"false" desc:"Start a folder or video file again when it ends."`
+	Live      *bool    `doc_type:"True or False" desc:"true: keep only the newest frame when the model is slower than the source (drops counted); false: process every frame in order. Unset: true for devices and streams, false for folders and files."`
+	FPS       float64  `default:"0" desc:"Read at most this many frames per second; 0: as fast as the source gives them."`
+
+	name string
+	spec capture.Spec
+}
+
+// cameraEntry is one name[=source] item of GNLD_CAMERAS.
+type cameraEntry struct{ name, source string }
+
+// cameraList is the value of GNLD_CAMERAS.
+type cameraList []cameraEntry
+
+var cameraName = regexp.MustCompile(`^[a-z0-9][a-z0-9_]*$`)
+
+// Decode implements envconfig.Decoder.
+func (l *cameraList) Decode(v string) error {
+	*l = nil
+	seen := map[string]bool{}
+	for item := range strings.SplitSeq(v, ",") {
+		name, source, _ := strings.Cut(strings.TrimSpace(item), "=")
+		if !cameraName.MatchString(name) {
+			return fmt.Errorf("camera name %q: expected lower-case letters, digits and _", name)
+		}
+		if seen[name] {
+			return fmt.Errorf("camera %q named twice", name)
+		}
+		seen[name] = true
+		*l = append(*l, cameraEntry{name, source})
+	}
+	return nil
+}
+
+// roi is a crop rectangle written X,Y,W,H.
+type roi struct{ image.Rectangle }
+
+// Decode implements envconfig.Decoder.
+func (r *roi) Decode(v string) error {
+	if v == "" {
+		r.Rectangle = image.Rectangle{}
+		return nil
+	}
+	var n [4]int
+	parts := strings.Split(v, ",")
+	ok := len(parts) == 4
+	for i := 0; ok && i < 4; i++ {
+		var err error
+		n[i], err = strconv.Atoi(strings.TrimSpace(parts[i]))
+		ok = err == nil && n[i] >= 0 && (i < 2 || n[i] > 0)
+	}
+	if !ok {
+		return errors.New("expected X,Y,W,H: four whole numbers, X,Y >= 0, W,H > 0")
+	}
+	r.Rectangle = image.Rect(n[0], n[1], n[0]+n[2], n[1]+n[3])
+	return nil
+}
+
+// spec returns a struct pointer for envconfig that holds cfg (embedded,
+// so its keys keep the GNLD_ prefix) and one CameraConfig per camera under
+// CAMERA_<NAME>. envconfig then reads, checks and documents per-camera
+// variables exactly like the others: CheckDisallowed rejects a misspelled
+// GNLD_CAMERA_LINE1_THRESOLD as it does GNLD_THREDS.
+func spec(cfg *Config, names []string) reflect.Value {
+	fields := []reflect.StructField{{Name: "Config", Type: reflect.TypeFor[Config](), Anonymous: true}}
+	for i, name := range names {
+		fields = append(fields, reflect.StructField{
+			Name: fmt.Sprintf("Camera%d", i),
+			Type: reflect.TypeFor[CameraConfig](),
+			Tag:  reflect.StructTag(fmt.Sprintf(`envconfig:"CAMERA_%s"`, strings.ToUpper(name))),
+		})
+	}
+	v := reflect.New(reflect.StructOf(fields))
+	v.Elem().Field(0).Set(reflect.ValueOf(*cfg))
+	return v
+}
+
+// loadConfig reads the GNLD_* environment. Its errors are one line that
+// names the variable, the bad value and what is expected.
+func loadConfig() (*Config, error) {
+	var cfg Config
+	if err := envconfig.Process(prefix, &cfg); err != nil {
+		return nil, explain(err)
+	}
+	names := make([]string, len(cfg.Cameras))
+	for i, c := range cfg.Cameras {
+		names[i] = c.name
+	}
+	all := spec(&cfg, names)
+	if err := envconfig.CheckDisallowed(prefix, all.Interface()); err != nil {
+		return nil, fmt.Errorf("%w: not a gnld setting (misspelled, or a camera not in GNLD_CAMERAS?); see docs/CONFIG.md", err)
+	}
+	if err := envconfig.Process(prefix, all.Interface()); err != nil {
+		return nil, explain(err)
+	}
+	for i, c := range cfg.Cameras {
+		cc := all.Elem().Field(i + 1).Interface().(CameraConfig)
+		cc.name = c.name
+		if cc.Source == "" {
+			cc.Source = c.source
+		}
+		cfg.cameras = append(cfg.cameras, cc)
+	}
+	if err := validate(&cfg); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// invalid is the error for a value of the right type that gnld cannot use.
+func invalid(key string, value any, expected string) error {
+	return fmt.Errorf("%s_%s=%q: expected %s", prefix, key, fmt.Sprint(value), expected)
+}
+
+// explain turns envconfig's errors into one readable line.
+func explain(err error) error {
+	var pe *envconfig.ParseError
+	if !errors.As(err, &pe) {
+		// "required key GNLD_CAMERAS missing value"
+		return fmt.Errorf("%w; see docs/CONFIG.md", err)
+	}
+	var expected string
+	switch pe.TypeName {
+	case "int", "*int":
+		expected = "a whole number"
+	case "float64", "*float64":
+		expected = "a number"
+	case "bool", "*bool":
+		expected = "true or false"
+	case "time.Duration":
+		expected = "a duration such as 500ms, 10s or 2m"
+	case "slog.Level":
+		expected = "debug, info, warn or error"
+	default: // gnld's own types say what they expect
+		return fmt.Errorf("%s=%q: %v", pe.KeyName, pe.Value, pe.Err)
+	}
+	return fmt.Errorf("%s=%q: expected %s", pe.KeyName, pe.Value, expected)
+}
+
+// validate checks values that parsed but are out of range, and fills in
+// the defaults that depend on others.
+func validate(c *Config) error {
+	if c.Device == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("GNLD_DEVICE is empty and the host name is unknown: %w", err)
+		}
+		c.Device = host
+	}
+	if c.MQTTClientID == "" {
+		c.MQTTClientID = "gnld-" + c.Device
+	}
+	positive := []struct {
+		key string
+		d   time.Duration
+	}{
+		{"MQTT_TIMEOUT", c.MQTTTimeout}, {"MQTT_RECONNECT_MAX", c.MQTTReconnectMax},
+		{"READ_TIMEOUT", c.ReadTimeout}, {"RECONNECT_MIN", c.ReconnectMin},
+		{"RECONNECT_MAX", c.ReconnectMax}, {"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return invalid(p.key, p.d, "a duration above 0")
+		}
+	}
+	switch {
+	case !publish.ValidName(c.Site):
+		return invalid("SITE", c.Site, "a name without / + #")
+	case !publish.ValidName(c.Device):
+		return invalid("DEVICE", c.Device, "a name without / + #")
+	case c.Threads < 1:
+		return invalid("THREADS", c.Threads, "1 or more")
+	case c.MQTTQoS < 0 || c.MQTTQoS > 2:
+		return invalid("MQTT_QOS", c.MQTTQoS, "0, 1 or 2")
+	case c.Map != "off" && c.Map != "png" && c.Map != "raw":
+		return invalid("MAP", c.Map, "off, png or raw")
+	case c.StatsInterval < 0:
+		return invalid("STATS_INTERVAL", c.StatsInterval, "0 (off) or a duration")
+	case c.SpoolMax < 1:
+		return invalid("SPOOL_MAX", c.SpoolMax, "1 or more")
+	case c.ReconnectMax < c.ReconnectMin:
+		return invalid("RECONNECT_MAX", c.ReconnectMax, "at least GNLD_RECONNECT_MIN")
+	case c.LogFormat != "text" && c.LogFormat != "json":
+		return invalid("LOG_FORMAT", c.LogFormat, "text or json")
+	case (c.MQTTCertFile == "") != (c.MQTTKeyFile == ""):
+		return invalid("MQTT_KEY_FILE", c.MQTTKeyFile, "set together with GNLD_MQTT_CERT_FILE")
+	}
+	for i := range c.cameras {
+		cc := &c.cameras[i]
+		key := "CAMERA_" + strings.ToUpper(cc.name) + "_"
+		if cc.Source == "" {
+			return invalid(key+"SOURCE", "", "a source, here or as "+cc.name+"=SOURCE in GNLD_CAMERAS")
+		}
+		s, err := capture.ParseSource(cc.Source)
+		if err != nil {
+			return fmt.Errorf("camera %s: %w; expected /dev/videoN, v4l2:N, rtsp://, http(s)://, gst:PIPELINE, dir:FOLDER or a video file", cc.name, err)
+		}
+		cc.spec = s
+		switch {
+		case cc.Threshold != nil && !(*cc.Threshold > 0):
+			return invalid(key+"THRESHOLD", *cc.Threshold, "a number above 0")
+		case cc.Rotate != 0 && cc.Rotate != 90 && cc.Rotate != 180 && cc.Rotate != 270:
+			return invalid(key+"ROTATE", cc.Rotate, "0, 90, 180 or 270")
+		case cc.FPS < 0:
+			return invalid(key+"FPS", cc.FPS, "0 (no limit) or more")
+		case cc.Loop && !s.Finite():
+			return invalid(key+"LOOP", cc.Loop, "false for a device or stream (only folders and files end)")
+		}
+	}
+	return nil
+}
+
+// captureConfig is what package capture needs for camera i.
+func (c *Config) captureConfig(i int) capture.Config {
+	cc := c.cameras[i]
+	live := !cc.spec.Finite()
+	if cc.Live != nil {
+		live = *cc.Live
+	}
+	return capture.Config{
+		Name: cc.name, Source: cc.spec, Live: live, Loop: cc.Loop, FPS: cc.FPS,
+		ROI: cc.ROI.Rectangle, Rotate: cc.Rotate,
+		ReadTimeout: c.ReadTimeout, BackoffMin: c.ReconnectMin, BackoffMax: c.ReconnectMax,
+	}
+}
+
+// publishConfig is what package publish needs.
+func (c *Config) publishConfig() publish.Config {
+	return publish.Config{
+		Broker: c.MQTTBroker, ClientID: c.MQTTClientID, Username: c.MQTTUsername, Password: c.MQTTPassword,
+		CAFile: c.MQTTCAFile, CertFile: c.MQTTCertFile, KeyFile: c.MQTTKeyFile, QoS: byte(c.MQTTQoS),
+		Site: c.Site, Device: c.Device, Timeout: c.MQTTTimeout, ReconnectMax: c.MQTTReconnectMax,
+		SpoolDir: c.SpoolDir, SpoolMax: c.SpoolMax, StatsInterval: c.StatsInterval,
+	}
+}
+
+// docTable is the Markdown table of docs/CONFIG.md, and (as plain text)
+// gnld -h.
+const docTable = "| Variable | Type | Default | Description |\n|---|---|---|---|\n" +
+	"{{range .}}| `{{usage_key .}}` | {{or (.Tags.Get \"doc_type\") (usage_type .)}} | {{with usage_default .}}`{{.}}`{{else}}{{if usage_required .}}required{{end}}{{end}} | {{usage_description .}} |\n{{end}}"
+
+const helpTable = "{{range .}}{{usage_key .}}\t{{with usage_default .}}{{.}}{{else}}{{if usage_required .}}(required){{end}}{{end}}\t{{usage_description .}}\n{{end}}"
+
+// writeDoc writes the variables of Config and of one camera (named
+// <NAME>) in format: docTable or helpTable.
+func writeDoc(w io.Writer, format string) error {
+	if err := envconfig.Usagef(prefix, &Config{}, w, format); err != nil {
+		return err
+	}
+	if format == docTable { // a second table for the per-camera variables
+		fmt.Fprint(w, "\nPer camera, with `<NAME>` the camera's name in upper case:\n\n")
+	}
+	return envconfig.Usagef(prefix+"_CAMERA_<NAME>", &CameraConfig{}, w, format)
+}
+
+// usage prints gnld -h.
+func usage(w io.Writer) {
+	fmt.Fprint(w, "gnld: anomaly detection beside production-line cameras, results over MQTT.\n\nConfigured by environment variables (docs/CONFIG.md):\n\n")
+	tw := tabwriter.NewWriter(w, 1, 0, 2, ' ', 0)
+	writeDoc(tw, helpTable)
+	tw.Flush()
+}
