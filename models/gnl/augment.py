@@ -28,15 +28,18 @@ def _grey(x: np.ndarray) -> np.ndarray:
 
 
 def brightness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scale intensities by U(0.8, 1.2)."""
     return x * rng.uniform(0.8, 1.2)
 
 
 def contrast(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scale deviations from the mean grey level by U(0.75, 1.25)."""
     mean = float(_grey(x).mean())
     return mean + (x - mean) * rng.uniform(0.75, 1.25)
 
 
 def noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Add Gaussian noise, sigma ~ U(2, 8) grey levels."""
     return x + rng.normal(0.0, rng.uniform(2.0, 8.0), size=x.shape).astype(np.float32)
 
 
@@ -54,6 +57,7 @@ def sharpness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def rotation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rotate about the centre by 90k + U(-30, 30) degrees; corners grey 114."""
     h, w = x.shape[:2]
     angle = 90.0 * int(rng.integers(4)) + rng.uniform(-30.0, 30.0)
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 METHODS: tuple[str, ...] = ("gnl", "rd4ad")
 EPS = 1e-8
+# Teachers built from bottleneck blocks; RD4AD mirrors them with bottleneck blocks too.
+BOTTLENECK_BACKBONES: tuple[str, ...] = ("wide_resnet50_2",)
 
 
 @dataclass(frozen=True)
@@ -85,24 +87,30 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.
 
 
 class ResBlock(nn.Module):
-    """ResNet basic block; `up=True` is RD4AD's de-block (2x2 stride-2 deconv first).
-
-    `mid` narrows the inner width (used by the OCE block, whose input is the
-    concatenation of three levels).
+    """ResNet block (He et al. 2016), as RD4AD builds its bottleneck and student:
+    basic (3x3, 3x3) or, with `bottleneck`, 1x1-3x3-1x1 (WideResNet50's block,
+    which RD4AD uses for that teacher). `up=True` is RD4AD's de-block: the
+    strided 3x3 becomes a 2x2 stride-2 transposed conv, on the shortcut too.
+    `mid` is the inner width (default: cout, or cout // 2 for bottlenecks).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, up: bool = False, mid: int | None = None) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, up: bool = False, mid: int | None = None,
+                 bottleneck: bool = False) -> None:
         super().__init__()
-        mid = mid or cout
-        first: nn.Module = (
-            nn.ConvTranspose2d(cin, mid, 2, stride=2, bias=False)
+        mid = mid or (cout // 2 if bottleneck else cout)
+        spatial_in = mid if bottleneck else cin
+        spatial: nn.Module = (
+            nn.ConvTranspose2d(spatial_in, mid, 2, stride=2, bias=False)
             if up
-            else nn.Conv2d(cin, mid, 3, stride, padding=1, bias=False)
+            else nn.Conv2d(spatial_in, mid, 3, stride, padding=1, bias=False)
         )
-        self.body = nn.Sequential(
-            first, nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-        )
+        layers: list[nn.Module] = []
+        if bottleneck:
+            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+        layers += [spatial, nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+        k = 1 if bottleneck else 3
+        layers += [nn.Conv2d(mid, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module = nn.Identity()
         if up:
             self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False), nn.BatchNorm2d(cout))
@@ -118,12 +126,13 @@ class OneClassBottleneck(nn.Module):
     and 2 to level 3's resolution, concatenation) then the one-class embedding
     (residual stage at stride 2 -> stride 32, 2 blocks as RD4AD's ResNet18)."""
 
-    def __init__(self, channels: tuple[int, int, int], embed: int) -> None:
+    def __init__(self, channels: tuple[int, int, int], embed: int, bottleneck: bool) -> None:
         super().__init__()
         c1, c2, c3 = channels
         self.fuse1 = nn.Sequential(conv_bn_relu(c1, c2, stride=2), conv_bn_relu(c2, c3, stride=2))
         self.fuse2 = conv_bn_relu(c2, c3, stride=2)
-        self.oce = nn.Sequential(ResBlock(3 * c3, embed, stride=2, mid=embed // 2), ResBlock(embed, embed))
+        self.oce = nn.Sequential(ResBlock(3 * c3, embed, stride=2, mid=embed // 2, bottleneck=bottleneck),
+                                 ResBlock(embed, embed, mid=embed // 2, bottleneck=bottleneck))
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         return self.oce(torch.cat([self.fuse1(feats[0]), self.fuse2(feats[1]), feats[2]], dim=1))
@@ -132,12 +141,15 @@ class OneClassBottleneck(nn.Module):
 class StudentDecoder(nn.Module):
     """RD4AD's student: the teacher mirrored, stride 32 -> 16 -> 8 -> 4."""
 
-    def __init__(self, embed: int, channels: tuple[int, int, int]) -> None:
+    def __init__(self, embed: int, channels: tuple[int, int, int], bottleneck: bool) -> None:
         super().__init__()
         c1, c2, c3 = channels
-        self.up3 = nn.Sequential(ResBlock(embed, c3, up=True), ResBlock(c3, c3))
-        self.up2 = nn.Sequential(ResBlock(c3, c2, up=True), ResBlock(c2, c2))
-        self.up1 = nn.Sequential(ResBlock(c2, c1, up=True), ResBlock(c1, c1))
+
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(ResBlock(cin, cout, up=True, bottleneck=bottleneck),
+                                 ResBlock(cout, cout, bottleneck=bottleneck))
+
+        self.up3, self.up2, self.up1 = stage(embed, c3), stage(c3, c2), stage(c2, c1)
 
     def forward(self, z: Tensor) -> list[Tensor]:
         s3 = self.up3(z)
@@ -200,8 +212,9 @@ class GNL(nn.Module):
         self.teacher.requires_grad_(False)
         channels: tuple[int, int, int] = tuple(teacher.channels)  # type: ignore[assignment]
         embed = 2 * channels[2]
-        self.bottleneck = OneClassBottleneck(channels, embed)
-        self.student = StudentDecoder(embed, channels)
+        blocks = config.backbone in BOTTLENECK_BACKBONES
+        self.bottleneck = OneClassBottleneck(channels, embed, blocks)
+        self.student = StudentDecoder(embed, channels, blocks)
         self.segmentation = SegmentationNet(sum(channels), config.seg_width) if config.seg_head else None
 
     def train(self, mode: bool = True) -> GNL:

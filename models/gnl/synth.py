@@ -80,12 +80,14 @@ def _two_colours(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def fractal_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Four octaves of Perlin noise (2..16 cells, amplitude halving) in two colours."""
     n = sum(0.5**o * perlin(shape, (2 ** (o + 1), 2 ** (o + 1)), rng) for o in range(4))
     n = (n - n.min()) / (np.ptp(n) + 1e-9)
     return _two_colours(n, rng)
 
 
 def stripe_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A sine grating (period 4 px to a quarter of the image, any angle) in two colours."""
     h, w = shape
     theta = rng.uniform(0, math.pi)
     period = rng.uniform(4, max(h, w) / 4)
@@ -95,9 +97,10 @@ def stripe_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarr
 
 
 def self_texture(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image rotated by 90/180/270 degrees with its grid patches shuffled."""
     h, w = img.shape[:2]
     x = np.rot90(img, int(rng.integers(1, 4)))
-    x = cv2.resize(np.ascontiguousarray(x), (w, h), interpolation=cv2.INTER_LINEAR) if x.shape[:2] != (h, w) else x.copy()
+    x = cv2.resize(np.ascontiguousarray(x), (w, h), interpolation=cv2.INTER_LINEAR)  # (h, w) swapped if not square
     g = int(rng.choice([2, 4, 8]))
     ph, pw = h // g, w // g
     patches = [x[i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].copy() for i in range(g) for j in range(g)]
