@@ -122,6 +122,10 @@ def convert(model: nn.Module, spec: preprocess.InputSpec, calib: list[Path],
         for x in calibration_batches(calib, spec):
             graph(x)
     graph = convert_pt2e(graph, fold_quantize=False)
+    # The graph was captured from the model in eval mode (inference ops
+    # only); exported GraphModules refuse .eval(), so clear the flag that
+    # makes the converter warn about training mode.
+    graph.training = False
     litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
     return "int8-static-mixed"
 

@@ -1,0 +1,96 @@
+"""gnl.export: bundles that follow BUNDLE.md and run like the PyTorch model.
+
+Uses the stand-in net (tests/standin.py: GNL's ops at a tiny size) so that
+the test takes seconds; the real GNL goes through the same export_model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gnl import preprocess
+from gnl.export import calibration_images, export_model
+from gnl.tflite_runner import Runner
+from standin import StandIn
+
+MTD = Path(os.environ.get("MTD", Path(__file__).resolve().parents[3] / "shared" / "data" / "mtd"))
+CONFIG = {"data": "mtd", "method": "gnl", "backbone": "standin", "fingerprint": "abc",
+          "images": 759, "epochs": 3, "seed": 111, "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def calib() -> list[Path]:
+    if not (MTD / "train" / "good").is_dir():
+        pytest.skip(f"MTD not found at {MTD}; set MTD")
+    return calibration_images(MTD / "train" / "good", 4)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, calib) -> dict[str, Path]:
+    net = StandIn(width=4, seed=1)
+    root = tmp_path_factory.mktemp("bundles")
+    return {name: export_model(net, root / name, calib, CONFIG, quantize=(name == "int8"))
+            for name in ("int8", "float")}
+
+
+@pytest.mark.parametrize("kind", ["int8", "float"])
+def test_bundle_follows_contract(bundles, kind: str) -> None:
+    out = bundles[kind]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["model_sha256"] == hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
+    assert meta["version"].endswith(meta["model_sha256"][:8])
+    i, o = meta["input"], meta["output"]
+    assert (i["width"], i["height"], i["layout"], i["channel_order"]) == (64, 64, "NHWC", "RGB")
+    assert (o["width"], o["height"], o["dtype"]) == (16, 16, "float32")
+    assert i["dtype"] == ("int8" if kind == "int8" else "float32")
+    assert (i["quantization"]["scale"] > 0) == (i["dtype"] == "int8")
+    assert meta["quantization"] == ("int8-static-mixed" if kind == "int8" else "float32")
+    assert meta["postprocess"] == {"resize": "linear", "blur_sigma": 4.0, "score": "max"}
+    assert meta["threshold"]["value"] > 0 and meta["threshold"]["source"] == "calibration"
+    assert meta["training"] == {"data": "mtd", "fingerprint": "abc", "images": 759, "epochs": 3,
+                                "seed": 111, "image_size": 64}
+
+
+def test_int8_has_per_channel_int8_weights(bundles) -> None:
+    """Conv weights are int8 with one scale per output channel; the head stays float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(bundles["int8"] / "model.tflite")).get_tensor_details()
+    per_channel = [t for t in tensors if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) > 1]
+    assert len(per_channel) >= 8  # every conv of the stand-in
+    assert any(t["dtype"] == np.float32 for t in tensors)
+    assert (bundles["int8"] / "model.tflite").stat().st_size < (bundles["float"] / "model.tflite").stat().st_size
+
+
+@pytest.mark.parametrize("kind,tol", [("float", 1e-4), ("int8", 0.15)])
+def test_tflite_matches_torch(bundles, calib, kind: str, tol: float) -> None:
+    """The TFLite map is PyTorch's: to float rounding, or within int8 error."""
+    net = StandIn(width=4, seed=1)
+    runner = Runner(bundles[kind])
+    for p in calib:
+        bgr = preprocess.read_bgr(p)
+        spec = preprocess.InputSpec(64, 64)
+        with torch.no_grad():
+            ref = net(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
+        assert np.abs(runner.raw_map(bgr) - ref).max() < tol
+
+
+def test_threshold_and_metrics_are_copied(tmp_path, calib) -> None:
+    thr = {"value": 0.5, "source": "normal", "normal": 0.5, "normal_quantile": 0.995, "f1_optimal": None}
+    metrics = {"float": {"clean": {"image_auroc": 0.9}}, "int8": {}}
+    out = export_model(StandIn(width=4), tmp_path, calib, CONFIG, thr, metrics, quantize=False)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["threshold"] == thr and meta["metrics"] == metrics
+
+
+def test_int8_needs_calibration(tmp_path) -> None:
+    with pytest.raises(ValueError, match="calibration images"):
+        export_model(StandIn(width=4), tmp_path, [], CONFIG)
