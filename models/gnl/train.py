@@ -59,7 +59,8 @@ SEG_CHECKPOINT_EVERY = 25  # stage-2 steps between checkpoints / loss records
 SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
 HOLDOUT_FRACTION = 0.1
 NORMAL_QUANTILE = 0.995
-CALIB_SEED_OFFSET = 1  # synthetic anomalies for calibration: seed + 1, fixed
+SEG_STREAM = 2  # stage-2 random stream: default_rng([seed, 2])
+CALIB_STREAM = 1  # synthetic anomalies for calibration: default_rng([seed, 1]), fixed
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -169,7 +170,10 @@ class Trainer:
         self.args = args
         self.ckpt_path = args.out / CHECKPOINT
         torch.manual_seed(args.seed)
+        # Separate streams, so that stage 2 does not shift stage 1's draws: one
+        # run of N epochs equals a run of k epochs resumed to N (stage 1).
         self.rng = np.random.default_rng(args.seed)
+        self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
         try:
             model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size)
         except ValueError as e:
@@ -188,6 +192,7 @@ class Trainer:
             if self.opt_seg is not None:
                 self.opt_seg.load_state_dict(prev["optimizer"]["seg"])
             self.rng.bit_generator.state = prev["rng"]["numpy"]
+            self.seg_rng.bit_generator.state = prev["rng"]["numpy_seg"]
             torch.set_rng_state(prev["rng"]["torch"])
             self.history, self.epoch, self.seg_step = prev["history"], prev["epoch"], prev["seg_step"]
         self.images = load_images(self.train_paths, args.image_size)
@@ -203,7 +208,8 @@ class Trainer:
             "epoch": self.epoch, "seg_step": self.seg_step,
             "optimizer": {"distill": self.opt_distill.state_dict(),
                           "seg": self.opt_seg.state_dict() if self.opt_seg is not None else None},
-            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "rng": {"numpy": self.rng.bit_generator.state, "numpy_seg": self.seg_rng.bit_generator.state,
+                    "torch": torch.get_rng_state()},
             "history": self.history, "held_out": [p.name for p in self.held_paths],
         }, self.ckpt_path)
 
@@ -254,10 +260,10 @@ class Trainer:
     def _seg_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Images, half with a synthetic anomaly, and their masks [B,1,S,S]."""
         imgs, masks = [], []
-        for i in self.rng.integers(len(self.images), size=self.args.batch):
+        for i in self.seg_rng.integers(len(self.images), size=self.args.batch):
             img = self.images[i]
-            if self.rng.random() < SEG_ANOMALY_P:
-                img, mask = synthesize(img, self.rng)
+            if self.seg_rng.random() < SEG_ANOMALY_P:
+                img, mask = synthesize(img, self.seg_rng)
             else:
                 mask = np.zeros(img.shape[:2], np.float32)
             imgs.append(img)
@@ -316,7 +322,7 @@ class Trainer:
         anomaly (seeded apart from training): threshold and AUROC."""
         t0 = time.monotonic()
         held = load_images(self.held_paths, self.args.image_size)
-        crng = np.random.default_rng(self.args.seed + CALIB_SEED_OFFSET)
+        crng = np.random.default_rng([self.args.seed, CALIB_STREAM])
         normal = image_scores(self.model, held, self.spec, self.args.batch)
         synthetic = image_scores(self.model, [synthesize(im, crng)[0] for im in held], self.spec, self.args.batch)
         calibration = {
