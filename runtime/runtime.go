@@ -27,12 +27,14 @@ import (
 
 // Options choose how the model runs.
 type Options struct {
-	// Threads for the CPU kernels (XNNPACK); 0 means 1.
+	// Threads for the CPU kernels; 0 means 1.
 	Threads int
-	// Delegate: "" or "cpu" for the CPU (XNNPACK, built into Debian's
-	// TFLite); "gpu" for the OpenCL GPU delegate (only in binaries built with
-	// -tags gpu); anything else is the path of an external delegate .so
-	// loaded through TFLite's external delegate API.
+	// Delegate: "" or "cpu" for TFLite's CPU kernels, with whatever default
+	// delegate the linked TFLite applies (Debian's 2.14 build applies none:
+	// it lacks the XNNPACK delegate, so int8 runs on the builtin kernels);
+	// "gpu" for the OpenCL GPU delegate (only in binaries built with
+	// -tags gpu); anything else is the path of a TFLite delegate plugin .so
+	// (the entry points TFLite's external delegate loads).
 	Delegate string
 }
 
