@@ -164,6 +164,29 @@ func TestConfigPerCamera(t *testing.T) {
 	}
 }
 
+// Every variable in the example env file, commented out or not, is a
+// gnld variable with a valid value.
+func TestEnvExample(t *testing.T) {
+	b, err := os.ReadFile("../../systemd/gnld.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "#"), "=")
+		if ok && strings.HasPrefix(k, prefix+"_") {
+			env[k] = v
+		}
+	}
+	if len(env) < 20 {
+		t.Fatalf("only %d variables found", len(env))
+	}
+	setEnv(t, env)
+	if _, err := loadConfig(); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestBundleErrors(t *testing.T) {
 	corrupt := t.TempDir()
 	for _, f := range []string{"model.json", "model.tflite"} {
