@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from gnl.augment import augment
 from gnl.data import DatasetError, fingerprint, train_images
-from gnl.losses import distillation_loss, segmentation_loss
+from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
 from gnl.model import GNL, METHODS, GNLConfig, build_model
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
@@ -59,8 +59,12 @@ SEG_CHECKPOINT_EVERY = 25  # stage-2 steps between checkpoints / loss records
 SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
 HOLDOUT_FRACTION = 0.1
 NORMAL_QUANTILE = 0.995
-SEG_STREAM = 2  # stage-2 random stream: default_rng([seed, 2])
-CALIB_STREAM = 1  # synthetic anomalies for calibration: default_rng([seed, 1]), fixed
+# Random streams besides stage 1's default_rng(seed): default_rng([seed, STREAM]).
+CALIB_STREAM = 1  # synthetic anomalies on the held-back images
+SEG_STREAM = 2  # stage-2 batches
+HOLDOUT_STREAM = 3  # which images are held back
+LR, BETAS = 0.005, (0.5, 0.999)  # RD4AD's Adam
+SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  # DeSTSeg's SGD
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -68,18 +72,30 @@ class FitError(RuntimeError):
     """A problem with the command line or the output folder, with the fix."""
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`gnl fit` options (see the module docstring)."""
     a = parser.add_argument
     a("--data", required=True, type=Path, help="MVTec-layout folder; only train/good is read")
     a("--out", required=True, type=Path, help="output folder: checkpoint.pt, train.json, calibration.json, bundle")
     a("--backbone", default="efficientnet-lite0", choices=BACKBONES, help="frozen teacher")
     a("--method", default="gnl", choices=METHODS, help="gnl (with segmentation head) or rd4ad (without)")
-    a("--epochs", type=int, default=80, help="stage-1 epochs (GNL's 80); --max-minutes may stop earlier")
-    a("--steps-per-epoch", type=int, default=None, help="stage-1 steps per epoch (default: one pass)")
+    a("--epochs", type=_int_at_least(0), default=80, help="stage-1 epochs (GNL's 80); --max-minutes may stop earlier")
+    a("--steps-per-epoch", type=_int_at_least(1), default=None, help="stage-1 steps per epoch (default: one pass)")
     a("--image-size", type=int, default=IMAGE_SIZE, help="square input size, a multiple of 32")
-    a("--batch", type=int, default=16, help="normal images per step (each gives a clean and an augmented view)")
+    a("--batch", type=_int_at_least(1), default=16,
+      help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
-    a("--seg-steps", type=int, default=300, help="stage-2 (segmentation head) steps")
+    a("--seg-steps", type=_int_at_least(0), default=300, help="stage-2 (segmentation head) steps")
     a("--max-minutes", type=float, default=32.0,
       help="time budget for both training stages (calibration and export come after)")
     a("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -87,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`gnl fit`; exit status 2 with one clear line for bad data or arguments."""
     try:
         fit(args)
     except (DatasetError, FitError) as e:
@@ -98,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def split_holdout(paths: Sequence[Path], seed: int) -> tuple[list[Path], list[Path]]:
     """(train, held_out): a seeded ~10% of the images held back for calibration."""
     n_hold = max(1, round(len(paths) * HOLDOUT_FRACTION))
-    held = set(np.random.default_rng(seed).permutation(len(paths))[:n_hold].tolist())
+    held = set(np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(len(paths))[:n_hold].tolist())
     return ([p for i, p in enumerate(paths) if i not in held],
             [p for i, p in enumerate(paths) if i in held])
 
@@ -110,6 +127,7 @@ def load_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:
 
 
 def to_batch(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
+    """8-bit BGR images -> normalised float batch [B,3,H,W] (preprocess.to_tensor)."""
     return torch.from_numpy(np.stack([to_tensor(im, spec) for im in images]))
 
 
@@ -141,10 +159,10 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "data": Path(args.data).resolve().name, "fingerprint": data_fp, "images": len(paths),
         "channel_order": spec.channel_order, "mean": list(spec.mean), "std": list(spec.std),
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch": args.batch,
-        "seed": args.seed, "lr": 0.005, "betas": [0.5, 0.999], "top_k": 10,
-        "seg_steps": args.seg_steps, "seg_lr_res": 0.1, "seg_lr_head": 0.01, "seg_momentum": 0.9,
-        "seg_weight_decay": 1e-4, "seg_anomaly_p": SEG_ANOMALY_P, "focal_gamma": 4.0,
-        "holdout_fraction": HOLDOUT_FRACTION, "normal_quantile": NORMAL_QUANTILE,
+        "seed": args.seed, "lr": LR, "betas": list(BETAS), "top_k": TOP_K,
+        "seg_steps": args.seg_steps, "seg_lr_res": SEG_LR_RES, "seg_lr_head": SEG_LR_HEAD,
+        "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
+        "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION, "normal_quantile": NORMAL_QUANTILE,
         "max_minutes": args.max_minutes,
     }
 
