@@ -75,3 +75,9 @@ def test_resume_without_checkpoint_is_clear(tmp_path: Path, capsys: pytest.Captu
     data = _dataset(tmp_path / "data")
     assert train.run(_args(data, tmp_path / "out", "--resume")) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_bad_image_size_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _dataset(tmp_path / "data")
+    assert train.run(_args(data, tmp_path / "out", "--image-size", "100")) == 2
+    assert "multiple of 32" in capsys.readouterr().err
