@@ -346,7 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--bank-images", type=int, default=200,
                         help="train/good images in the memory bank (evenly spaced subset)")
-    parser.add_argument("--bank-size", type=int, default=16384,
+    parser.add_argument("--bank-size", type=int, default=4096,
                         help="descriptors kept in the bank (seeded random subsample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the result here")
