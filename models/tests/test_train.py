@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gnl import train
-from gnl.model import load_checkpoint
+from gnl.losses import distillation_loss, segmentation_loss
+from gnl.model import GNLConfig, build_model, load_checkpoint
 
 
 def _dataset(root: Path, n: int = 6) -> Path:
@@ -81,3 +82,43 @@ def test_bad_image_size_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[s
     data = _dataset(tmp_path / "data")
     assert train.run(_args(data, tmp_path / "out", "--image-size", "100")) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_both_stages_fit_one_batch() -> None:
+    """A few steps of each stage on one batch lower its loss (optimisers wired to the right parts)."""
+    torch.manual_seed(0)
+    model = build_model(GNLConfig(image_size=64)).train()
+    x = torch.randn(4, 3, 64, 64)
+    opt = torch.optim.Adam([*model.bottleneck.parameters(), *model.student.parameters()],
+                           lr=train.LR, betas=train.BETAS)
+    losses = []
+    for _ in range(6):
+        f = model.features(x, seg=False)
+        loss, _ = distillation_loss(f.teacher, f.student)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    student = {k: v.clone() for k, v in model.student.state_dict().items()}
+
+    model.eval()
+    model.student.requires_grad_(False)
+    model.bottleneck.requires_grad_(False)
+    assert model.segmentation is not None
+    model.segmentation.train()
+    seg_opt = torch.optim.SGD(model.segmentation.parameters(), lr=train.SEG_LR_HEAD, momentum=train.SEG_MOMENTUM)
+    mask = torch.zeros(4, 1, 16, 16)
+    mask[:, :, 4:8, 4:8] = 1.0
+    seg_losses = []
+    for _ in range(6):
+        logits = model.features(x).seg_logits
+        assert logits is not None
+        loss, _ = segmentation_loss(logits, mask)
+        seg_opt.zero_grad()
+        loss.backward()
+        seg_opt.step()
+        seg_losses.append(float(loss.detach()))
+    assert seg_losses[-1] < seg_losses[0]
+    # Stage 2 leaves the student (weights and BatchNorm statistics) alone.
+    assert all(torch.equal(v, student[k]) for k, v in model.student.state_dict().items())
