@@ -216,6 +216,7 @@ class Trainer:
         self.images = load_images(self.train_paths, args.image_size)
         self.start = time.monotonic()
         self.deadline = self.start + args.max_minutes * 60
+        self.calibration: dict[str, Any] | None = None  # set by calibrate(), after training
         self.run_record: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                            "stopped_by": "epochs"}
 
@@ -229,6 +230,7 @@ class Trainer:
             "rng": {"numpy": self.rng.bit_generator.state, "numpy_seg": self.seg_rng.bit_generator.state,
                     "torch": torch.get_rng_state()},
             "history": self.history, "held_out": [p.name for p in self.held_paths],
+            "calibration": self.calibration,
         }, self.ckpt_path)
 
     def stage1(self) -> None:
@@ -353,9 +355,10 @@ class Trainer:
         }
         (self.args.out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
         self.run_record["calibration_seconds"] = round(time.monotonic() - t0, 1)
+        self.calibration = {k: calibration[k] for k in ("threshold", "normal_quantile", "synthetic_auroc")}
         return calibration
 
-    def write_summary(self, calibration: dict[str, Any]) -> None:
+    def write_summary(self) -> None:
         """OUT/train.json: config, data, what was trained, losses, timings."""
         self.history["runs"].append(self.run_record)
         self.save()
@@ -370,7 +373,7 @@ class Trainer:
             "epochs_done": self.epoch, "seg_steps_done": self.seg_step if m.segmentation is not None else 0,
             "parameters": {name: sum(p.numel() for p in part.parameters())
                            for name, part in parts if part is not None},
-            "calibration": {k: calibration[k] for k in ("threshold", "normal_quantile", "synthetic_auroc")},
+            "calibration": self.calibration,
             "losses": {"stage1": self.history["stage1"], "stage2": self.history["stage2"]},
             "runs": self.history["runs"],
         }
@@ -407,7 +410,7 @@ def fit(args: argparse.Namespace) -> None:
     trainer.stage1()
     trainer.stage2()
     calibration = trainer.calibrate()
-    trainer.write_summary(calibration)
+    trainer.write_summary()
     threshold = calibration["threshold"]
     print(f"gnl fit: {trainer.epoch} epochs, {trainer.seg_step} segmentation steps; threshold {threshold:.4f}, "
           f"synthetic-anomaly AUROC {calibration['synthetic_auroc']:.3f} on {len(trainer.held_paths)} "

@@ -51,6 +51,7 @@ def test_fit_then_resume(tmp_path: Path) -> None:
     assert len(calib["normal_scores"]) == 1 and 0.0 <= calib["synthetic_auroc"] <= 1.0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["config"]["image_size"] == 64
+    assert ckpt["calibration"]["threshold"] == calib["threshold"]
     assert tuple(load_checkpoint(out / "checkpoint.pt")(torch.zeros(1, 3, 64, 64)).shape) == (1, 1, 16, 16)
 
     assert train.run(_args(data, out, "--resume", "--epochs", "2", "--seg-steps", "0")) == 0
