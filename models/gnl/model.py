@@ -59,6 +59,7 @@ class GNLConfig:
         return self.method == "gnl"
 
     def as_dict(self) -> dict[str, Any]:
+        """Fields plus the derived `seg_head` flag (for model.json and readers)."""
         return {**asdict(self), "seg_head": self.seg_head}
 
     @classmethod
@@ -171,7 +172,8 @@ class ASPP(nn.Module):
         super().__init__()
         branch1 = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
         self.branches = nn.ModuleList([branch1] + [conv_bn_relu(cin, cout, dilation=r) for r in rates])
-        self.pool = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        # No BatchNorm on the 1x1 pooled map (torchvision has one): it fails in training at batch 1.
+        self.pool = nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
         self.project = nn.Sequential(
             nn.Conv2d(cout * (len(rates) + 2), cout, 1, bias=False),
             nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.Dropout(0.5),
