@@ -75,12 +75,16 @@ func testConfig(t *testing.T, broker string) Config {
 }
 
 // runPublisher starts p's sender and returns a func that closes p and
-// waits for Run to return.
+// waits for Run to return. As in gnld, Run gets a hard deadline (here 1s
+// after Close) to wait for the broker to take the spool.
 func runPublisher(t *testing.T, p *Publisher) (closeAndWait func()) {
 	done := make(chan struct{})
-	go func() { p.Run(context.Background()); close(done) }()
+	hard, giveUp := context.WithCancel(context.Background())
+	t.Cleanup(giveUp)
+	go func() { p.Run(hard); close(done) }()
 	return func() {
 		p.Close()
+		time.AfterFunc(time.Second, giveUp)
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -265,5 +269,42 @@ func TestConfigErrors(t *testing.T) {
 		} else {
 			t.Logf("%s: %v", tc.name, err)
 		}
+	}
+}
+
+// TLS with a CA and a client certificate: results are acknowledged; without
+// the client certificate the broker refuses the connection and results
+// are spooled.
+func TestTLSClientCertificate(t *testing.T) {
+	b, files := testbroker.StartTLS(t)
+	cfg := testConfig(t, b.URL())
+	cfg.CAFile, cfg.CertFile, cfg.KeyFile = files.CA, files.Cert, files.Key
+	p, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect()
+	closeAndWait := runPublisher(t, p)
+	for i := range 5 {
+		p.Result(result("cam", uint64(i+1)))
+	}
+	closeAndWait()
+	if s := p.Stats(); s.Published != 5 || s.Spooled != 0 {
+		t.Errorf("with client certificate: %+v", s)
+	}
+
+	cfg.CertFile, cfg.KeyFile = "", ""
+	cfg.Timeout = 500 * time.Millisecond
+	cfg.SpoolDir = filepath.Join(t.TempDir(), "spool")
+	p, err = New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect()
+	closeAndWait = runPublisher(t, p)
+	p.Result(result("cam", 1))
+	closeAndWait()
+	if s := p.Stats(); s.Published != 0 || s.Spooled != 1 {
+		t.Errorf("without client certificate: %+v", s)
 	}
 }

@@ -46,7 +46,7 @@ type Config struct {
 	MQTTCAFile       string        `envconfig:"MQTT_CA_FILE" desc:"PEM file of the CA that signed the broker's certificate; empty: the system's CAs."`
 	MQTTCertFile     string        `envconfig:"MQTT_CERT_FILE" desc:"PEM client certificate for TLS client authentication (with GNLD_MQTT_KEY_FILE)."`
 	MQTTKeyFile      string        `envconfig:"MQTT_KEY_FILE" desc:"PEM private key of GNLD_MQTT_CERT_FILE."`
-	MQTTQoS          int           `envconfig:"MQTT_QOS" default:"1" desc:"QoS of results and maps: 0, 1 or 2. Below 1 the broker does not acknowledge, so nothing is spooled for a lost connection."`
+	MQTTQoS          int           `envconfig:"MQTT_QOS" default:"1" desc:"QoS of results and maps: 0, 1 or 2. With 0 the broker does not acknowledge: a result sent as the connection drops is lost (while it is down, results are spooled at any QoS)."`
 	MQTTTimeout      time.Duration `envconfig:"MQTT_TIMEOUT" default:"5s" desc:"Limit for connecting and for each acknowledgement; a result not acknowledged in time is spooled."`
 	MQTTReconnectMax time.Duration `envconfig:"MQTT_RECONNECT_MAX" default:"30s" desc:"Cap of the MQTT reconnect backoff."`
 

@@ -73,6 +73,9 @@ type daemon struct {
 	runID  string
 	cams   []*camera
 	pub    *publish.Publisher
+	// busy: workers may still be inside a pipeline (a shutdown that timed
+	// out), so close must not free the pipelines under them.
+	busy bool
 }
 
 // camera is one camera's capture, its pipeline (used only by its worker
@@ -126,6 +129,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 }
 
 func (d *daemon) close() {
+	if d.busy {
+		return // the process is about to exit anyway
+	}
 	for _, c := range d.cams {
 		c.pipe.Close()
 	}
@@ -187,6 +193,7 @@ func (d *daemon) run(ctx context.Context) error {
 		select {
 		case err = <-done:
 		case <-hard.Done():
+			d.busy = true
 			return fmt.Errorf("shutdown: cameras and pipelines did not stop within GNLD_SHUTDOWN_TIMEOUT=%s", d.cfg.ShutdownTimeout)
 		}
 	}

@@ -25,27 +25,46 @@ import (
 
 // Broker is one Mosquitto process. Its methods are for the test goroutine.
 type Broker struct {
-	t    testing.TB
-	Port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	t      testing.TB
+	Port   int
+	scheme string // tcp or ssl
+	dir    string
+	cmd    *exec.Cmd
+	done   chan struct{}
 }
 
 // Start runs mosquitto on a free port of 127.0.0.1 and stops it when the
 // test ends.
 func Start(t testing.TB) *Broker {
 	t.Helper()
+	return start(t, "tcp", "")
+}
+
+// TLSFiles are the PEM files of a TLS broker's CA and of a client
+// certificate it accepts.
+type TLSFiles struct{ CA, Cert, Key string }
+
+// StartTLS runs mosquitto with a TLS listener that requires a client
+// certificate signed by a CA made for this test.
+func StartTLS(t testing.TB) (*Broker, TLSFiles) {
+	t.Helper()
+	dir := t.TempDir()
+	files := writePKI(t, dir)
+	conf := fmt.Sprintf("cafile %s\ncertfile %s/server.pem\nkeyfile %s/server.key\nrequire_certificate true\n", files.CA, dir, dir)
+	return start(t, "ssl", conf), files
+}
+
+func start(t testing.TB, scheme, listenerConf string) *Broker {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
 			t.Skip("mosquitto not installed")
 		}
 	}
-	b := &Broker{t: t, Port: FreePort(t), dir: t.TempDir()}
+	b := &Broker{t: t, Port: FreePort(t), scheme: scheme, dir: t.TempDir()}
 	// user root: as root, mosquitto would otherwise switch to a user that
 	// cannot write the test's temporary folder.
-	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest none\n", b.Port, b.dir)
+	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\n%sallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest none\n", b.Port, listenerConf, b.dir)
 	if err := os.WriteFile(filepath.Join(b.dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +85,7 @@ func FreePort(t testing.TB) int {
 }
 
 // URL is the broker's address for paho.
-func (b *Broker) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", b.Port) }
+func (b *Broker) URL() string { return fmt.Sprintf("%s://127.0.0.1:%d", b.scheme, b.Port) }
 
 func (b *Broker) start() {
 	b.t.Helper()
