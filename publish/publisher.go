@@ -395,7 +395,7 @@ func (p *Publisher) sendStats(ctx context.Context) {
 
 // finish runs after Close: it replays the spool, waiting for the broker
 // if need be, until the spool is empty or hard is done; then it publishes
-// "offline" and disconnects. What is left stays in the spool for the next
+// the final stats and "offline", and disconnects. What is left stays in the spool for the next
 // run.
 func (p *Publisher) finish(hard context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -410,6 +410,9 @@ func (p *Publisher) finish(hard context.Context) {
 			case <-hard.Done():
 			}
 		}
+	}
+	if p.cfg.StatsInterval > 0 {
+		p.sendStats(hard) // the run's totals
 	}
 	st := p.Stats()
 	if st.SpoolLen > 0 {

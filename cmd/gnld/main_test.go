@@ -314,6 +314,8 @@ func TestEndToEndFolderAndVideo(t *testing.T) {
 	if out, err := ff.CombinedOutput(); err != nil {
 		t.Skipf("ffmpeg: %v %s", err, out)
 	}
+	// A corrupt image: skipped and counted, without a sequence number.
+	os.WriteFile(filepath.Join(dir, "99-corrupt.jpg"), []byte("\xff\xd8 not really"), 0o644)
 	var imgs, vframes []gocv.Mat
 	for _, f := range files {
 		imgs = append(imgs, gocv.IMRead(filepath.Join(dir, f), gocv.IMReadColor))
@@ -340,7 +342,7 @@ func TestEndToEndFolderAndVideo(t *testing.T) {
 	sub := testbroker.Subscribe(t, b, "gnl/#")
 	start := time.Now()
 	err, log := runGnld(t, context.Background(), baseEnv(t, b.URL(), map[string]string{
-		"GNLD_CAMERAS": "folder=dir:" + dir + ",video=file:" + clip, "GNLD_MAP": "png",
+		"GNLD_CAMERAS": "folder=dir:" + dir + ",video=file:" + clip, "GNLD_MAP": "png", "GNLD_STATS_INTERVAL": "1m",
 	}))
 	if err != nil {
 		t.Fatalf("gnld: %v\n%s", err, log)
@@ -366,6 +368,14 @@ func TestEndToEndFolderAndVideo(t *testing.T) {
 	}
 	if !strings.Contains(log, `msg=frame camera=folder seq=1 file=00-good-00.jpg score=`) {
 		t.Errorf("no per-frame debug line in the log:\n%s", log)
+	}
+	var stats struct {
+		Cameras map[string]cameraStats `json:"cameras"`
+	}
+	if msgs := sub.On("/dev/stats"); len(msgs) == 0 || json.Unmarshal(msgs[len(msgs)-1].Payload, &stats) != nil {
+		t.Errorf("no final stats message")
+	} else if f := stats.Cameras["folder"]; f.Bad != 1 || f.Frames != uint64(len(files)) || f.Processed != f.Frames {
+		t.Errorf("folder stats %+v: want %d frames processed, 1 bad", f, len(files))
 	}
 	st := sub.On("/dev/status")
 	if len(st) < 2 || string(st[len(st)-1].Payload) != "offline" || !st[len(st)-1].Retained && len(st) < 2 {
