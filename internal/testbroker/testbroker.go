@@ -4,7 +4,8 @@
 // The broker keeps its state in a file (persistence on) and Stop ends it
 // with SIGTERM, so a subscriber's persistent session and the QoS 1
 // messages queued for it survive Restart, as they would on a production
-// broker. Tests that need it skip when mosquitto is not installed.
+// broker. Tests that need it skip when mosquitto is not installed, and
+// with -short.
 package testbroker
 
 import (
@@ -55,6 +56,9 @@ func StartTLS(t testing.TB) (*Broker, TLSFiles) {
 }
 
 func start(t testing.TB, scheme, listenerConf string) *Broker {
+	if testing.Short() {
+		t.Skip("integration test with a real broker; skipped with -short")
+	}
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
