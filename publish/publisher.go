@@ -99,9 +99,9 @@ type Publisher struct {
 
 	published, spooled, replayed, mapsSkipped, disconnects atomic.Uint64
 
-	mu          sync.Mutex // guards the outage bookkeeping below
-	downSince   time.Time  // zero while connected
-	spooledDown uint64     // spooled count when the outage began
+	mu          sync.Mutex // guards the outage bookkeeping below (paho's goroutines)
+	downSince   time.Time  // when the connection was lost
+	spooledDown uint64     // spooled count then
 }
 
 // New checks cfg, opens the spool and prepares the MQTT client. It does
@@ -133,8 +133,6 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		queue: make(chan queued, 64),
 		kick:  make(chan struct{}, 1),
 		start: time.Now(),
-		// Down until the first connect, so results spool until then.
-		downSince: time.Now(),
 	}
 	opts := mqtt.NewClientOptions().
 		AddBroker(cfg.Broker).
@@ -220,7 +218,6 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	}
 	p.mu.Lock()
 	since, spooled := p.downSince, p.spooled.Load()-p.spooledDown
-	p.downSince = time.Time{}
 	p.mu.Unlock()
 	if p.disconnects.Load() == 0 {
 		p.log.Info("mqtt: connected", "broker", p.cfg.Broker, "spool_len", p.spool.len())
