@@ -26,6 +26,7 @@ links); `tests/test_export.py` and the Go tests check that.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -93,7 +94,7 @@ def calibration_batches(paths: list[Path], spec: preprocess.InputSpec, seed: int
     from gnl.synth import synthesize
 
     rng = np.random.default_rng(seed)
-    float_spec = preprocess.InputSpec(spec.width, spec.height)
+    float_spec = dataclasses.replace(spec, dtype="float32", scale=0.0, zero_point=0)
     for p in paths:
         bgr = cv2.resize(preprocess.read_bgr(p), (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
         yield torch.from_numpy(preprocess.to_input(bgr, float_spec))
@@ -162,7 +163,8 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     side = int(config.get("image_size", preprocess.IMAGE_SIZE))
     width, height = size or (side, side)
-    spec = preprocess.InputSpec(width, height)
+    # The teacher's own input normalisation (EfficientNet-Lite: (x-127)/128).
+    spec = preprocess.InputSpec(width, height, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
     model_path = out_dir / "model.tflite"
     quantization = convert(model, spec, calib_images, model_path, quantize)
 
@@ -172,8 +174,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     in_dtype, in_quant = _tensor_json(inp)
     out_dtype, out_quant = _tensor_json(outp)
-    spec = preprocess.InputSpec(width, height, dtype=in_dtype, scale=in_quant["scale"],
-                                zero_point=in_quant["zero_point"])
+    spec = dataclasses.replace(spec, dtype=in_dtype, scale=in_quant["scale"], zero_point=in_quant["zero_point"])
     if tuple(inp["shape"]) != (1, height, width, 3):
         raise RuntimeError(f"{model_path}: input shape {inp['shape']}, want [1, {height}, {width}, 3]")
     out_h, out_w = int(outp["shape"][1]), int(outp["shape"][2])
@@ -223,7 +224,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, calib_images
     from gnl.model import load_checkpoint
 
     model = load_checkpoint(checkpoint_path)
-    config = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)["config"]
+    ckpt = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
+    # model.json records the epochs actually trained, not the ones asked for.
+    config = {**ckpt["config"], "epochs": int(ckpt.get("epoch", ckpt["config"].get("epochs", 0)))}
     return export_model(model, out_dir, calib_images, config, threshold_info, metrics, quantize)
 
 

@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 
 IMAGE_SIZE = 256
-# ImageNet statistics on pixel/255, RGB order.
+# ImageNet statistics on pixel/255, RGB order: the defaults for torchvision
+# teachers. A model's real values come from its teacher (gnl.teacher.Teacher
+# .mean/.std; EfficientNet-Lite wants (x-127)/128) and travel in model.json.
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 BLUR_SIGMA = 4.0

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gnl import preprocess
+
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU6())
@@ -42,6 +44,8 @@ class StandIn(nn.Module):
                 _block(2 * w, 4 * w, 2),  # stride 16
             ]
         )
+        # Input normalisation the "teacher" expects, as gnl.teacher.Teacher has.
+        self.teacher.mean, self.teacher.std = preprocess.MEAN, preprocess.STD
         self.bottleneck = nn.Sequential(
             nn.Conv2d(4 * w, 4 * w, 3, 1, 2, dilation=2), nn.ReLU()
         )
