@@ -13,7 +13,7 @@ MTD ?= $(abspath ../shared/data/mtd)
 export MTD
 
 # Native when the C libraries are here already, or when inside the root.
-NATIVE := $(shell if [ -n "$$GNLD_IN_ROOT" ]; then echo 1; \
+NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 

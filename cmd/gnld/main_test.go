@@ -60,8 +60,8 @@ func TestConfigDoc(t *testing.T) {
 	t.Errorf("%s is out of date with the config struct tags: go test ./cmd/gnld -run TestConfigDoc -update", configDoc)
 }
 
-// setEnv replaces every GNLD_ variable of the process with env (the build
-// root sets GNLD_IN_ROOT, which gnld would rightly reject).
+// setEnv replaces every GNLD_ variable of the process with env, so that a
+// developer's own GNLD_ settings cannot leak into a test.
 func setEnv(t *testing.T, env map[string]string) {
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, prefix+"_") {
