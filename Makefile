@@ -17,7 +17,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py bench model lint clean-bin
+TARGETS := build run test test-go test-py bench eval model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -54,6 +54,8 @@ test-py:
 
 bench: build
 	tools/bench
+
+eval: build ; tools/evaluate $(EVAL_ARGS)
 
 model:
 	$(PY) -m gnl fit --data $(MTD) --out models/default

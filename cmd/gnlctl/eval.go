@@ -1,11 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"io"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,10 +24,19 @@ import (
 )
 
 // perturbMarker is the file that `gnl test --perturb vand2 --dump DIR`
-// writes into DIR, next to the perturbed images and masks (MVTec layout).
+// writes into DIR, next to the perturbed images (lossless PNG) and masks
+// (MVTec layout), as {"perturb": "vand2", "seed": N, "source": DATA, ...}.
 // gnlctl does not re-implement the perturbation's random draws; it scores
-// exactly the images Python perturbed.
+// exactly the images Python perturbed. The dump holds only the images that
+// run scored (its --limit), so score it without --limit to compare.
 const perturbMarker = "perturb.json"
+
+// marker is the part of perturb.json that gnlctl reads.
+type marker struct {
+	Perturb string `json:"perturb"`
+	Seed    *int   `json:"seed"`
+	Source  string `json:"source"`
+}
 
 // evalResult is what `gnlctl eval --json` writes.
 type evalResult struct {
@@ -31,6 +44,8 @@ type evalResult struct {
 	Version     string             `json:"version"`
 	Data        string             `json:"data"`
 	Perturb     string             `json:"perturb"`
+	Seed        *int               `json:"seed,omitempty"`   // of a perturbed folder
+	Source      string             `json:"source,omitempty"` // data a perturbed folder came from
 	Images      int                `json:"images"`
 	Metrics     map[string]float64 `json:"metrics"`
 	Threshold   float32            `json:"threshold"`
@@ -48,11 +63,11 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("eval", stderr)
 	model := fs.String("model", "", "bundle folder (required)")
 	data := fs.String("data", "", "MVTec-layout folder with test/ and ground_truth/ (required)")
-	perturb := fs.String("perturb", "none", `"none", or "vand2": --data is a folder written by `+
-		"`gnl test --perturb vand2 --dump DIR`")
+	perturb := fs.String("perturb", "", `"none", or "vand2": --data is a folder written by `+
+		"`gnl test --perturb vand2 --dump DIR` (default: what DIR/perturb.json says, else none)")
 	jsonOut := fs.String("json", "", "write the result as JSON to this file")
 	threads := fs.Int("threads", 1, "TFLite CPU threads")
-	limit := fs.Int("limit", 0, "score only every k-th image so that at most this many are used (0: all)")
+	limit := fs.Int("limit", 0, "score at most this many evenly spaced images, the ones `gnl test --limit` picks (0: all)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -60,18 +75,18 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *model == "" || *data == "" || len(pos) > 0 {
 		return usageError{"eval needs --model BUNDLE and --data DIR"}
 	}
-	if err := checkPerturb(*data, *perturb); err != nil {
+	mk, err := checkPerturb(*data, perturb)
+	if err != nil {
 		return err
 	}
 	samples, err := testSamples(*data)
 	if err != nil {
 		return err
 	}
-	if *limit > 0 && len(samples) > *limit {
-		step := float64(len(samples)) / float64(*limit)
+	if *limit > 0 {
 		var some []sample
-		for i := range *limit {
-			some = append(some, samples[int(float64(i)*step)])
+		for _, i := range subsetIndex(len(samples), *limit) {
+			some = append(some, samples[i])
 		}
 		samples = some
 	}
@@ -106,6 +121,9 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Model: *model, Version: p.Meta().Version, Data: *data, Perturb: *perturb, Images: len(samples),
 		Metrics: map[string]float64{}, Threshold: p.Threshold(), Confusion: conf,
 		InvokeMSP50: ms(median(invoke)),
+	}
+	if mk != nil {
+		out.Seed, out.Source = mk.Seed, mk.Source
 	}
 	if out.Metrics["image_auroc"], err = imageAUROC(labels, scores); err != nil {
 		return err
@@ -179,23 +197,62 @@ func scoreSample(p *pipeline.Pipeline, s sample, mask, labels *gocv.Mat, px *pix
 	return res, nil
 }
 
-// checkPerturb makes sure a vand2 folder really holds perturbed images.
-func checkPerturb(data, perturb string) error {
-	switch perturb {
-	case "none":
-		return nil
-	case "vand2":
-		b, err := os.ReadFile(filepath.Join(data, perturbMarker))
-		if err != nil {
-			return fmt.Errorf("%s: not a perturbed test set (%w); write one with `gnl test --data MTD --perturb vand2 --dump %s`", data, err, data)
-		}
-		var m struct{ Perturb string }
-		if err := json.Unmarshal(b, &m); err != nil || m.Perturb != "vand2" {
-			return fmt.Errorf("%s: says perturb %q, want \"vand2\"", filepath.Join(data, perturbMarker), m.Perturb)
-		}
-		return nil
+// checkPerturb reconciles --perturb with DIR/perturb.json: an empty
+// --perturb takes the folder's word, "vand2" needs a vand2 dump, "none" a
+// folder without a marker. It returns the marker, nil for clean data.
+func checkPerturb(data string, perturb *string) (*marker, error) {
+	if *perturb != "" && *perturb != "none" && *perturb != "vand2" {
+		return nil, usageError{fmt.Sprintf("--perturb %q: want none or vand2", *perturb)}
 	}
-	return usageError{fmt.Sprintf("--perturb %q: want none or vand2", perturb)}
+	path := filepath.Join(data, perturbMarker)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if *perturb == "vand2" {
+			return nil, fmt.Errorf("%s: not a perturbed test set (%w); write one with `gnl test --data MTD --perturb vand2 --dump %s`", data, err, data)
+		}
+		*perturb = "none"
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m marker
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	switch {
+	case m.Perturb != "vand2":
+		return nil, fmt.Errorf("%s: says perturb %q, want \"vand2\"", path, m.Perturb)
+	case *perturb == "none":
+		return nil, fmt.Errorf("%s: %s is a vand2 test set; pass --perturb vand2 (or no --perturb)", path, data)
+	}
+	*perturb = m.Perturb
+	return &m, nil
+}
+
+// subsetIndex picks `limit` evenly spaced indices of n, as gnl test's
+// `subset`: unique(round_half_even(linspace(0, n-1, limit))), so that
+// `--limit` scores the same images in Go and Python.
+func subsetIndex(n, limit int) []int {
+	if limit >= n {
+		limit = n
+	}
+	var out []int
+	step := 0.0
+	if limit > 1 {
+		step = float64(n-1) / float64(limit-1)
+	}
+	for i := range limit {
+		x := float64(i) * step
+		if i == limit-1 && limit > 1 {
+			x = float64(n - 1) // numpy sets the end point exactly
+		}
+		j := int(math.RoundToEven(x))
+		if len(out) == 0 || out[len(out)-1] != j {
+			out = append(out, j)
+		}
+	}
+	return out
 }
 
 // testSamples lists DIR/test/<label>/ images, with DIR/ground_truth/<label>/
@@ -226,6 +283,9 @@ func testSamples(dir string) ([]sample, error) {
 			out = append(out, s)
 		}
 	}
-	slices.SortFunc(out, func(a, b sample) int { return strings.Compare(a.label+"/"+a.image, b.label+"/"+b.image) })
+	// By label, then file name: the order of gnl/data.py's test_samples.
+	slices.SortFunc(out, func(a, b sample) int {
+		return cmp.Or(strings.Compare(a.label, b.label), strings.Compare(filepath.Base(a.image), filepath.Base(b.image)))
+	})
 	return out, nil
 }

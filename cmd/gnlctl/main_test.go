@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -110,5 +111,68 @@ func TestEval(t *testing.T) {
 	_, err := runArgs(t, "eval", "--model", tiny, "--data", data, "--perturb", "vand2")
 	if err == nil || !strings.Contains(err.Error(), "gnl test --data MTD --perturb vand2 --dump") {
 		t.Errorf("vand2 on clean data: %v", err)
+	}
+}
+
+func TestSubsetIndex(t *testing.T) {
+	// Expected values from gnl test's subset: np.unique(np.linspace(0, n-1, limit).round()).
+	for _, c := range []struct {
+		n, limit int
+		want     []int
+	}{
+		{585, 20, []int{0, 31, 61, 92, 123, 154, 184, 215, 246, 277, 307, 338, 369, 400, 430, 461, 492, 523, 553, 584}},
+		{7, 6, []int{0, 1, 2, 4, 5, 6}},
+		{100, 7, []int{0, 16, 33, 50, 66, 82, 99}}, // 16.5 and 82.5 round half to even
+		{5, 1, []int{0}},
+		{3, 2, []int{0, 2}},
+		{3, 9, []int{0, 1, 2}},
+	} {
+		if got := subsetIndex(c.n, c.limit); !slices.Equal(got, c.want) {
+			t.Errorf("subsetIndex(%d, %d) = %v, want %v", c.n, c.limit, got, c.want)
+		}
+	}
+}
+
+// TestEvalDump scores a folder shaped like `gnl test --dump`'s output: the
+// marker sets --perturb when it is not given and contradicts "none".
+func TestEvalDump(t *testing.T) {
+	src := mtdDir(t)
+	dir := t.TempDir()
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Dir(to), 0o755)
+		if err := os.WriteFile(to, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, label := range []string{"good", "fray"} {
+		files, _ := listImages(filepath.Join(src, "test", label))
+		for _, f := range files[:2] {
+			copyFile(f, filepath.Join(dir, "test", label, filepath.Base(f)))
+			if label != "good" {
+				stem := strings.TrimSuffix(filepath.Base(f), filepath.Ext(f))
+				copyFile(filepath.Join(src, "ground_truth", label, stem+"_mask.png"),
+					filepath.Join(dir, "ground_truth", label, stem+"_mask.png"))
+			}
+		}
+	}
+	os.WriteFile(filepath.Join(dir, perturbMarker), []byte(`{"perturb": "vand2", "seed": 5, "source": "/x"}`), 0o644)
+	js := filepath.Join(t.TempDir(), "eval.json")
+	if _, err := runArgs(t, "eval", "--model", tiny, "--data", dir, "--json", js); err != nil {
+		t.Fatal(err)
+	}
+	var r evalResult
+	b, _ := os.ReadFile(js)
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Perturb != "vand2" || r.Seed == nil || *r.Seed != 5 || r.Source != "/x" || r.Images != 4 {
+		t.Errorf("%s", b)
+	}
+	if _, err := runArgs(t, "eval", "--model", tiny, "--data", dir, "--perturb", "none"); err == nil {
+		t.Error("--perturb none on a vand2 folder: no error")
 	}
 }

@@ -2,6 +2,7 @@
 
     gnl test --data DIR --model CKPT [BUNDLE_DIR ...] [--perturb none|vand2|corrupt|all]
              [--json FILE] [--grid FILE.png] [--limit N] [--seed S] [--int8 | --float]
+             [--dump DIR]
 
 Each `--model` is a checkpoint from `gnl fit` (scored in float by PyTorch)
 or a bundle folder (scored by its model.tflite through the TFLite
@@ -15,6 +16,15 @@ the model input (nearest neighbour), as anomalib and RD4AD evaluate at the
 model's resolution. Metrics per model and condition: image AUROC, image
 F1Max (VAND 2.0's ranking metric), pixel AUROC, AUPRO to FPR 0.3.
 
+`--dump DIR` (with `--perturb vand2` or `all`) also writes the vand2 test
+set exactly as it is scored here (same samples, `--limit`, seed and draw
+order) to DIR in the MVTec layout: `test/<label>/<stem>.png` (lossless, so
+gnld/gnlctl read the very pixels), `ground_truth/<label>/<stem>_mask.png`
+(0/255) and `perturb.json` (`{"perturb": "vand2", "seed": S, "source": DATA,
+...}`), written last. `gnlctl eval --data DIR --perturb vand2` scores it in
+Go, and `gnl test --data DIR` (no `--perturb`) scores it as plain data,
+giving the vand2 numbers of the run that wrote it.
+
 The JSON result's `metrics` has the shape of model.json's `metrics`
 ({"float": {condition: {...}}, "int8": {...}}), so `gnl export
 --metrics-json` can copy it into the bundle.
@@ -26,7 +36,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -126,16 +137,27 @@ class ConditionRun:
         }
 
 
-def score_condition(scorer: Scorer, samples: Sequence[Sample], condition: str, seed: int,
-                    grid_rows: Sequence[int] = ()) -> ConditionRun:
-    """Score every sample under `condition`, perturbations drawn from one Generator(seed)."""
+def perturbed(samples: Sequence[Sample], condition: str,
+              seed: int) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
+    """(sample, 8-bit BGR image, 0/1 mask) under `condition`, in order.
+
+    The perturbations come from one Generator(seed), drawn in sample order:
+    the one place both scoring and `--dump` get their images from.
+    """
     rng = np.random.default_rng(seed)
-    run = ConditionRun()
-    size = (scorer.spec.width, scorer.spec.height)
-    for i, s in enumerate(samples):
+    for s in samples:
         img = load_image(s.path)
         mask = load_mask(s, img.shape[1], img.shape[0])
         img, mask = perturb.apply(condition, img, mask, rng)
+        yield s, img, mask
+
+
+def score_condition(scorer: Scorer, samples: Sequence[Sample], condition: str, seed: int,
+                    grid_rows: Sequence[int] = ()) -> ConditionRun:
+    """Score every sample under `condition`, perturbations drawn from one Generator(seed)."""
+    run = ConditionRun()
+    size = (scorer.spec.width, scorer.spec.height)
+    for i, (s, img, mask) in enumerate(perturbed(samples, condition, seed)):
         amap, score = postprocess(scorer.raw_map(img), scorer.spec, scorer.blur_sigma)
         run.labels.append(int(s.anomalous))
         run.scores.append(score)
@@ -145,6 +167,57 @@ def score_condition(scorer: Scorer, samples: Sequence[Sample], condition: str, s
             run.grid[i] = GridCell(cv2.resize(img, size, interpolation=cv2.INTER_LINEAR),
                                    run.masks[-1], amap, score)
     return run
+
+
+DUMP_MARKER = "perturb.json"
+
+
+def read_marker(data: str | Path) -> dict | None:
+    """DATA/perturb.json of a folder written by `--dump`, else None."""
+    p = Path(data) / DUMP_MARKER
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def dump_condition(samples: Sequence[Sample], condition: str, seed: int, data: str | Path,
+                   out: str | Path, limit: int | None = None) -> Path:
+    """Write the test set as `score_condition(..., condition, seed)` sees it, MVTec layout.
+
+    Images become PNG (lossless; the name keeps its stem), masks 0/255 PNG.
+    `out` must be new, empty, or an earlier dump (replaced). perturb.json
+    comes last, so a folder with one is complete.
+    """
+    out, data = Path(out).resolve(), Path(data).resolve()
+    if out == data or data in out.parents:
+        raise SystemExit(f"gnl test: --dump {out} is inside --data {data}; dump elsewhere")
+    if out.exists():
+        if not out.is_dir():
+            raise SystemExit(f"gnl test: --dump {out} is a file")
+        if any(out.iterdir()):
+            if not (out / DUMP_MARKER).is_file():
+                raise SystemExit(f"gnl test: --dump {out} is neither empty nor an earlier dump "
+                                 f"(no {DUMP_MARKER}); choose a new folder")
+            (out / DUMP_MARKER).unlink()
+            for sub in ("test", "ground_truth"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+    names = [(s.label, s.path.stem) for s in samples]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[0]
+        raise SystemExit(f"gnl test: two test images test/{dup[0]}/{dup[1]}.* share a stem; "
+                         "their PNGs would collide in --dump")
+    for s, img, mask in perturbed(samples, condition, seed):
+        paths = [(out / "test" / s.label / f"{s.path.stem}.png", img)]
+        if s.anomalous:
+            paths.append((out / "ground_truth" / s.label / f"{s.path.stem}_mask.png",
+                          (mask > 0).astype(np.uint8) * 255))
+        for p, a in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(p), a):
+                raise SystemExit(f"{p}: cannot write PNG")
+    marker = {"perturb": condition, "seed": seed, "source": str(data), "limit": limit,
+              "images": len(samples), "anomalous": sum(s.anomalous for s in samples),
+              "source_fingerprint": fingerprint([s.path for s in samples], data / "test")}
+    (out / DUMP_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out
 
 
 def subset(samples: list[Sample], limit: int | None) -> list[Sample]:
@@ -177,6 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate N evenly spaced test images")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--grid", type=Path, default=None, help="write a PNG grid of heatmaps")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="also write the vand2 test set as scored (PNG, MVTec layout, "
+                             "perturb.json) to this folder; needs --perturb vand2 or all")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--int8", action="store_true", help="evaluate only the int8 bundle(s)")
     only.add_argument("--float", action="store_true", help="evaluate only the float model(s)")
@@ -196,6 +272,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"gnl test: two models of the same kind ({kinds}); evaluate them separately")
     samples = subset(test_samples(args.data), args.limit)
     conds = perturb.conditions(args.perturb)
+    if args.dump is not None and perturb.VAND2 not in conds:
+        raise SystemExit("gnl test: --dump writes the vand2 test set; use --perturb vand2 (or all)")
+    marker = read_marker(args.data)
+    if marker is not None:
+        print(f"gnl test: {args.data} is a {marker.get('perturb')} test set written by --dump "
+              f"(seed {marker.get('seed')}, from {marker.get('source')}); scoring it as plain data",
+              file=sys.stderr)
+        if args.perturb != "none":
+            print(f"gnl test: warning: --perturb {args.perturb} perturbs it a second time",
+                  file=sys.stderr)
     rows = grid_rows(samples) if args.grid else []
     result: dict[str, object] = {
         "data": str(Path(args.data).resolve()),
@@ -204,6 +290,14 @@ def run(args: argparse.Namespace) -> int:
         "perturb": args.perturb, "seed": args.seed,
         "models": {m.kind: str(m.path) for m in models},
     }
+    if marker is not None:
+        result["data_perturb"] = marker
+    if args.dump is not None:
+        t0 = time.time()
+        dumped = dump_condition(samples, perturb.VAND2, args.seed, args.data, args.dump, args.limit)
+        result["dump"] = str(dumped)
+        print(f"gnl test: wrote the vand2 test set ({len(samples)} images) to {dumped} "
+              f"in {time.time() - t0:.1f} s", file=sys.stderr)
     metrics: dict[str, dict[str, dict[str, float]]] = {m.kind: {} for m in models}
     runs: dict[tuple[str, str], ConditionRun] = {}
     for cond in conds:

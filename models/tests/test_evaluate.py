@@ -93,3 +93,57 @@ def test_predict_writes_heatmaps(tmp_path: Path, capsys) -> None:
     for p in images:
         heat = cv2.imread(str(tmp_path / "o" / f"{p.stem}_heatmap.png"))
         assert heat.shape == (48, 64, 3)
+
+
+def test_dump_is_what_gnl_test_scores(tmp_path: Path) -> None:
+    """`--dump` writes the vand2 set exactly as scored; scoring the dump as plain data
+    (Python here, `gnlctl eval --perturb vand2` in Go) gives the vand2 numbers."""
+    root = make_mvtec(tmp_path / "data", n_good=3, n_defect=4, size=(56, 40))
+    # A JPEG source: the dump must still be PNG (lossless) under the same stem.
+    src = root / "test" / "good" / "001.png"
+    cv2.imwrite(str(src.with_suffix(".jpg")), cv2.imread(str(src)))
+    src.unlink()
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    dump, a, b = tmp_path / "dump", tmp_path / "a.json", tmp_path / "b.json"
+    args = parser.parse_args(["--data", str(root), "--model", str(TINY_BUNDLE), "--perturb", "vand2",
+                              "--seed", "7", "--limit", "6", "--dump", str(dump), "--json", str(a)])
+    assert evaluate.run(args) == 0
+    marker = json.loads((dump / "perturb.json").read_text())
+    assert (marker["perturb"], marker["seed"], marker["source"]) == ("vand2", 7, str(root.resolve()))
+    assert marker["images"] == 6 and json.loads(a.read_text())["dump"] == str(dump.resolve())
+
+    # Pixel for pixel what score_condition perturbs, in the same order, same names.
+    samples = evaluate.subset(test_samples(root), 6)
+    dumped = test_samples(dump)
+    assert [(s.label, s.path.name) for s in dumped] == [(s.label, s.path.stem + ".png") for s in samples]
+    for (s, img, mask), d in zip(evaluate.perturbed(samples, "vand2", 7), dumped, strict=True):
+        assert (cv2.imread(str(d.path)) == img).all()
+        if s.anomalous:
+            assert (cv2.imread(str(d.mask_path), cv2.IMREAD_GRAYSCALE) == mask * 255).all()
+            assert mask.any()
+
+    # Scored as plain data, the dump gives the vand2 metrics (and maps) of the first run.
+    args = parser.parse_args(["--data", str(dump), "--model", str(TINY_BUNDLE), "--json", str(b)])
+    assert evaluate.run(args) == 0
+    first, second = json.loads(a.read_text()), json.loads(b.read_text())
+    drop = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert drop(second["metrics"]["int8"]["clean"]) == drop(first["metrics"]["int8"]["vand2"])
+    assert second["data_perturb"]["seed"] == 7
+    scorer = evaluate.TorchScorer(BrightSpot(), InputSpec(width=56, height=40), blur_sigma=1.0)
+    r1 = evaluate.score_condition(scorer, samples, "vand2", seed=7)
+    r2 = evaluate.score_condition(scorer, dumped, "clean", seed=0)
+    assert r1.scores == r2.scores and all((x == y).all() for x, y in zip(r1.maps, r2.maps))
+
+    # Rewriting an earlier dump is fine; anything else needs --perturb vand2 and a fresh folder.
+    args = parser.parse_args(["--data", str(root), "--model", str(TINY_BUNDLE), "--perturb", "all",
+                              "--limit", "3", "--dump", str(dump)])
+    assert evaluate.run(args) == 0 and len(test_samples(dump)) == 3
+    for bad in (["--dump", str(tmp_path / "x")], ["--perturb", "vand2", "--dump", str(root / "test")]):
+        args = parser.parse_args(["--data", str(root), "--model", str(TINY_BUNDLE), *bad])
+        try:
+            evaluate.run(args)
+        except SystemExit as e:
+            assert "--dump" in str(e)
+        else:
+            raise AssertionError(f"{bad}: no error")
