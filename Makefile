@@ -57,8 +57,16 @@ bench: build
 
 eval: build ; tools/evaluate $(EVAL_ARGS)
 
+# Train into out/model (checkpoint and all), then copy the bundle and its
+# records into models/default, the bundle that `make run` and the tests use.
 model:
-	$(PY) -m gnl fit --data $(MTD) --out models/default
+	$(PY) -m gnl fit --data $(MTD) --out out/model
+	cp out/model/model.tflite out/model/model.json out/model/train.json out/model/calibration.json models/default/
+
+lint:
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal)"; \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
 
 clean-bin:
 	rm -rf $(BIN)
