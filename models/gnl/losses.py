@@ -43,15 +43,20 @@ def structure_loss(t: Tensor, s: Tensor) -> Tensor:
     return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
 
 
-def distillation_loss(teacher: list[Tensor], student: list[Tensor], k: int = TOP_K) -> tuple[Tensor, dict[str, float]]:
-    """Stage-1 loss summed over levels, and its parts (for logging)."""
+def distillation_loss(teacher: list[Tensor], student: list[Tensor], k: int = TOP_K,
+                      plain: bool = False) -> tuple[Tensor, dict[str, float]]:
+    """Stage-1 loss summed over levels, and its parts (for logging).
+
+    `plain` is the RD4AD baseline: the global 1-cos term alone (the other
+    parts are still reported, so both methods log the same numbers).
+    """
     parts = {"global": torch.zeros(()), "topk": torch.zeros(()), "structure": torch.zeros(())}
     for t, s in zip(teacher, student):
         t = t.detach()
         parts["global"] = parts["global"] + global_cosine_loss(t, s)
         parts["topk"] = parts["topk"] + topk_cosine_loss(t, s, k)
         parts["structure"] = parts["structure"] + structure_loss(t, s)
-    total = parts["global"] + parts["topk"] + parts["structure"]
+    total = parts["global"] if plain else parts["global"] + parts["topk"] + parts["structure"]
     return total, {name: float(v.detach()) for name, v in parts.items()}
 
 

@@ -8,7 +8,8 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
 Stage 1 (RD4AD, Deng & Li 2022; GNL losses, see losses.py): bottleneck and
 student learn to reproduce the frozen teacher's features. Every batch holds a
 clean and an augmented view (augment.py) of each normal image; Adam, lr 0.005,
-betas (0.5, 0.999), as RD4AD.
+betas (0.5, 0.999), as RD4AD. `--method rd4ad` is the plain RD4AD baseline:
+clean images only, the global 1-cos loss only, no stage 2.
 Stage 2 (DeSTSeg, Zhang et al. 2023): the student is frozen and the
 segmentation head learns DRAEM-style synthetic anomalies (synth.py) with
 focal + L1 loss; SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for the residual
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--data", required=True, type=Path, help="MVTec-layout folder; only train/good is read")
     a("--out", required=True, type=Path, help="output folder: checkpoint.pt, train.json, calibration.json, bundle")
     a("--backbone", default="efficientnet-lite0", choices=BACKBONES, help="frozen teacher")
-    a("--method", default="gnl", choices=METHODS, help="gnl (with segmentation head) or rd4ad (without)")
+    a("--method", default="gnl", choices=METHODS, help="gnl, or the plain RD4AD baseline: clean images, global 1-cos loss only, no segmentation head")
     a("--epochs", type=_int_at_least(0), default=80, help="stage-1 epochs (GNL's 80); --max-minutes may stop earlier")
     a("--steps-per-epoch", type=_int_at_least(1), default=None, help="stage-1 steps per epoch (default: one pass)")
     a("--image-size", type=int, default=IMAGE_SIZE, help="square input size, a multiple of 32")
@@ -237,6 +238,7 @@ class Trainer:
         """Distillation epochs until --epochs or the stage-1 share of --max-minutes."""
         a, model, n = self.args, self.model, len(self.images)
         share = STAGE1_SHARE if model.segmentation is not None else 1.0
+        plain = self.cfg["method"] == "rd4ad"
         deadline = self.start + a.max_minutes * 60 * share
         steps_per_epoch = a.steps_per_epoch or math.ceil(n / a.batch)
         step_times: list[float] = []
@@ -250,9 +252,10 @@ class Trainer:
                              disable=None):
                 t = time.monotonic()
                 clean = [self.images[order[(step * a.batch + j) % n]] for j in range(a.batch)]
-                x = to_batch(clean + [augment(im, self.rng) for im in clean], self.spec)
-                f = model.features(x, seg=False)
-                loss, parts = distillation_loss(f.teacher, f.student, self.cfg["top_k"])
+                # RD4AD, the baseline: clean images and the global term only.
+                views = clean if plain else clean + [augment(im, self.rng) for im in clean]
+                f = model.features(to_batch(views, self.spec), seg=False)
+                loss, parts = distillation_loss(f.teacher, f.student, self.cfg["top_k"], plain=plain)
                 self.opt_distill.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt_distill.step()

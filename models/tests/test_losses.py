@@ -66,3 +66,14 @@ def test_confident_correct_segmentation_is_near_zero() -> None:
     mask = torch.tensor([[[[1.0, 0.0]]]])
     total, _ = segmentation_loss((mask * 2 - 1) * 20, mask)
     assert float(total) < 1e-6
+
+
+def test_plain_rd4ad_loss_is_the_global_term_alone() -> None:
+    torch.manual_seed(0)
+    t = [torch.randn(2, 4, 6, 6), torch.randn(2, 8, 3, 3)]
+    s = [torch.randn(2, 4, 6, 6), torch.randn(2, 8, 3, 3)]
+    full, parts = distillation_loss(t, s, k=3)
+    plain, plain_parts = distillation_loss(t, s, k=3, plain=True)
+    assert plain_parts == parts
+    assert float(plain) == pytest.approx(parts["global"], rel=1e-6)
+    assert float(full) == pytest.approx(parts["global"] + parts["topk"] + parts["structure"], rel=1e-6)
