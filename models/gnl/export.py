@@ -151,13 +151,16 @@ def _image_scores(model_path: Path, spec: preprocess.InputSpec, paths: list[Path
 
 def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path], config: dict[str, Any],
                  threshold_info: dict | None = None, metrics: dict | None = None,
-                 quantize: bool = True, size: tuple[int, int] | None = None) -> Path:
+                 quantize: bool = True, size: tuple[int, int] | None = None,
+                 threshold_images: list[Path] | None = None) -> Path:
     """Write a bundle for an in-memory `model` (GNL-shaped: NCHW -> [B,1,h,w]).
 
     `config` is the checkpoint's config (backbone, data, fingerprint, images,
     epochs, seed, image_size); `size` (width, height) overrides image_size.
     Without `threshold_info` the threshold is the 0.995 quantile of the
-    exported model's scores on `calib_images` (source "calibration").
+    exported model's own scores (int8 scores differ from float ones) on
+    `threshold_images`, normal images held back from training (source
+    "normal"), or else on `calib_images` (source "calibration").
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,10 +183,12 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
     out_h, out_w = int(outp["shape"][1]), int(outp["shape"][2])
 
     if threshold_info is None:
-        scores = _image_scores(model_path, spec, calib_images)
+        held = bool(threshold_images)
+        scores = _image_scores(model_path, spec, threshold_images if held else calib_images)
         value = float(np.quantile(scores, NORMAL_QUANTILE)) if scores else 0.0
-        threshold_info = {"value": value, "source": "calibration", "normal": None,
-                          "normal_quantile": NORMAL_QUANTILE, "f1_optimal": None}
+        threshold_info = {"value": value, "source": "normal" if held else "calibration",
+                          "normal": value if held else None, "normal_quantile": NORMAL_QUANTILE,
+                          "normal_images": len(scores), "f1_optimal": None}
 
     sha = _sha256(model_path)
     meta = {
@@ -219,7 +224,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
 
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, calib_images: list[Path],
                   threshold_info: dict | None = None, metrics: dict | None = None,
-                  quantize: bool = True) -> Path:
+                  quantize: bool = True, threshold_images: list[Path] | None = None) -> Path:
     """Checkpoint written by `gnl fit` -> bundle folder `out_dir` (see BUNDLE.md)."""
     from gnl.model import load_checkpoint
 
@@ -227,7 +232,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, calib_images
     ckpt = torch.load(Path(checkpoint_path), map_location="cpu", weights_only=True)
     # model.json records the epochs actually trained, not the ones asked for.
     config = {**ckpt["config"], "epochs": int(ckpt.get("epoch", ckpt["config"].get("epochs", 0)))}
-    return export_model(model, out_dir, calib_images, config, threshold_info, metrics, quantize)
+    return export_model(model, out_dir, calib_images, config, threshold_info, metrics, quantize,
+                        threshold_images=threshold_images)
 
 
 def calibration_images(folder: str | Path, count: int) -> list[Path]:

@@ -428,6 +428,7 @@ def fit(args: argparse.Namespace) -> None:
     from gnl.export import export_bundle
 
     step = max(len(trainer.train_paths) // EXPORT_CALIB_IMAGES, 1)
+    # The bundle's threshold comes from the exported (int8) model's own scores
+    # on the held-back normal images, not from the float model's.
     export_bundle(ckpt_path, args.out, calib_images=trainer.train_paths[::step][:EXPORT_CALIB_IMAGES],
-                  threshold_info={"value": threshold, "source": "normal", "normal": threshold,
-                                  "normal_quantile": NORMAL_QUANTILE, "f1_optimal": None})
+                  threshold_images=trainer.held_paths)

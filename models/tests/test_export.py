@@ -94,3 +94,14 @@ def test_threshold_and_metrics_are_copied(tmp_path, calib) -> None:
 def test_int8_needs_calibration(tmp_path) -> None:
     with pytest.raises(ValueError, match="calibration images"):
         export_model(StandIn(width=4), tmp_path, [], CONFIG)
+
+
+def test_threshold_from_held_back_images_scored_by_the_exported_model(tmp_path, calib) -> None:
+    """The threshold is the 0.995 quantile of the exported model's own scores."""
+    held = calibration_images(MTD / "test" / "good", 5)
+    out = export_model(StandIn(width=4), tmp_path, calib, CONFIG, quantize=False, threshold_images=held)
+    meta = json.loads((out / "model.json").read_text())
+    runner = Runner(out)
+    scores = [runner.predict(preprocess.read_bgr(p))[1] for p in held]
+    assert meta["threshold"]["source"] == "normal" and meta["threshold"]["normal_images"] == len(held)
+    assert meta["threshold"]["value"] == pytest.approx(float(np.quantile(scores, 0.995)), rel=1e-5)
