@@ -93,6 +93,23 @@ func start(t *testing.T, cam *Camera) (stop func()) {
 }
 
 // next receives one frame or fails after timeout.
+// waitReconnects drains and closes frames read before the source failed
+// until the camera has tried to reopen it twice; why names the failure.
+func waitReconnects(t *testing.T, cam *Camera, why string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for cam.Stats().Reconnects < 2 {
+		select {
+		case f := <-cam.Frames():
+			f.Close()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnects while the %s: %+v", why, cam.Stats())
+		}
+	}
+}
+
 func next(t *testing.T, cam *Camera, timeout time.Duration) (Frame, bool) {
 	t.Helper()
 	select {
@@ -173,17 +190,7 @@ func TestFolderEmptiedThenRefilledReconnects(t *testing.T) {
 		os.Remove(filepath.Join(dir, n))
 	}
 	// Drain what was read before the folder emptied, until reconnects start.
-	deadline := time.Now().Add(5 * time.Second)
-	for cam.Stats().Reconnects < 2 {
-		select {
-		case f := <-cam.Frames():
-			f.Close()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no reconnects while the folder is empty: %+v", cam.Stats())
-		}
-	}
+	waitReconnects(t, cam, "folder is empty")
 	writeImages(t, dir, 1, 8, 8)
 	f, _ = next(t, cam, 5*time.Second)
 	if f.File != "000.png" {
@@ -242,17 +249,7 @@ func TestVideoFileRenamedAndBack(t *testing.T) {
 	f, _ := next(t, cam, 5*time.Second)
 	f.Close()
 	os.Rename(clip, clip+".away")
-	deadline := time.Now().Add(5 * time.Second)
-	for cam.Stats().Reconnects < 2 {
-		select {
-		case f := <-cam.Frames():
-			f.Close()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no reconnects while the file is gone: %+v", cam.Stats())
-		}
-	}
+	waitReconnects(t, cam, "file is gone")
 	os.Rename(clip+".away", clip)
 	f, _ = next(t, cam, 5*time.Second)
 	f.Close()
