@@ -6,7 +6,12 @@ With p = 1/2 it is an AugMix mix (Hendrycks et al., "AugMix", ICLR 2020:
 width 3, depth 1-3, Dirichlet chain weights, Beta skip weight) of mild
 brightness, contrast, Gaussian-noise, colour and sharpness changes;
 otherwise a random chain of brightness, contrast, noise and rotation
-(a multiple of 90 degrees plus up to +-30, corners filled with grey 114).
+(a multiple of 90 degrees plus up to +-30, corners filled with black).
+
+The rotation fill is black (0) because that is what a rotated test image
+shows: torchvision's RandomRotation (VAND 2.0) fills with 0. Training with
+grey 114 while the test fills black taught the model that black corners are
+anomalous (models/RESULTS.md, the "fill" row).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import cv2
 import numpy as np
 
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-FILL_GREY = 114
+FILL = 0  # rotation fill: black, as torchvision's RandomRotation (see module doc)
 AUGMIX_WIDTH = 3
 AUGMIX_MAX_DEPTH = 3
 
@@ -56,13 +61,13 @@ def sharpness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return smooth + (x - smooth) * rng.uniform(0.5, 1.5)
 
 
-def rotation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rotate about the centre by 90k + U(-30, 30) degrees; corners grey 114."""
+def rotation(x: np.ndarray, rng: np.random.Generator, fill: int = FILL) -> np.ndarray:
+    """Rotate about the centre by 90k + U(-30, 30) degrees; corners filled with `fill`."""
     h, w = x.shape[:2]
     angle = 90.0 * int(rng.integers(4)) + rng.uniform(-30.0, 30.0)
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
     return cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(FILL_GREY,) * 3)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 3)
 
 
 AUGMIX_OPS: tuple[Op, ...] = (brightness, contrast, noise, colour, sharpness)
@@ -82,16 +87,18 @@ def augmix(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (1 - m) * x + m * mix
 
 
-def random_chain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def random_chain(x: np.ndarray, rng: np.random.Generator, fill: int = FILL) -> np.ndarray:
     """1-4 distinct ops from CHAIN_OPS in random order."""
     order = rng.permutation(len(CHAIN_OPS))[: int(rng.integers(1, len(CHAIN_OPS) + 1))]
     for i in order:
-        x = np.clip(CHAIN_OPS[i](x, rng), 0, 255)
+        op = CHAIN_OPS[i]
+        x = np.clip(rotation(x, rng, fill) if op is rotation else op(x, rng), 0, 255)
     return x
 
 
-def augment(bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An augmented view of a normal 8-bit BGR image (same shape, uint8)."""
+def augment(bgr: np.ndarray, rng: np.random.Generator, fill: int = FILL) -> np.ndarray:
+    """An augmented view of a normal 8-bit BGR image (same shape, uint8);
+    `fill` is the grey level of the corners a rotation uncovers."""
     x = bgr.astype(np.float32)
-    y = augmix(x, rng) if rng.random() < 0.5 else random_chain(x, rng)
+    y = augmix(x, rng) if rng.random() < 0.5 else random_chain(x, rng, fill)
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)

