@@ -79,6 +79,7 @@ PATIENCE = 4  # epochs without a 1% improvement of loss and normal scores
 PLATEAU_MIN_DELTA = 0.01  # relative improvement that counts
 MAX_MINUTES = 75.0  # both stages; calibration and export come after (make model <= 90 min)
 CACHE_BATCH = 32  # images per teacher pass when filling the feature cache
+SEG_STEPS = 600  # stage-2 steps (DeSTSeg trains its head far longer on a GPU; bounded by --max-minutes)
 SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  # DeSTSeg's SGD
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--batch", type=_int_at_least(1), default=16,
       help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
-    a("--seg-steps", type=_int_at_least(0), default=300, help="stage-2 (segmentation head) steps")
+    a("--seg-steps", type=_int_at_least(0), default=SEG_STEPS, help="stage-2 (segmentation head) steps")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
