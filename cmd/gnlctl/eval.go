@@ -9,6 +9,7 @@ import (
 	"image"
 	"io"
 	"io/fs"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -50,8 +51,49 @@ type evalResult struct {
 	Metrics     map[string]float64 `json:"metrics"`
 	Threshold   float32            `json:"threshold"`
 	Confusion   map[string]int     `json:"confusion_at_threshold"`
+	Verdict     verdictStats       `json:"verdict"`
 	Seconds     float64            `json:"seconds"`
 	InvokeMSP50 float64            `json:"invoke_ms_p50"`
+}
+
+// verdictStats is what a PLC acting on `verdict` gets at the bundle's
+// threshold: false alarms among the good images and recall per defect class
+// (the same keys as `gnl test`'s "verdict").
+type verdictStats struct {
+	Threshold      float32            `json:"threshold"`
+	GoodImages     int                `json:"good_images"`
+	FalseAlarms    int                `json:"false_alarms"`
+	FalseAlarmRate float64            `json:"false_alarm_rate"`
+	DefectImages   int                `json:"defect_images"`
+	Detected       int                `json:"detected"`
+	Recall         float64            `json:"recall"`
+	RecallPerClass map[string]float64 `json:"recall_per_class"`
+}
+
+// verdicts counts flagged images per label ("good" or a defect class).
+func verdicts(threshold float32, labels []string, flagged []bool) verdictStats {
+	v := verdictStats{Threshold: threshold, RecallPerClass: map[string]float64{}}
+	total, hit := map[string]int{}, map[string]int{}
+	for i, l := range labels {
+		total[l]++
+		if flagged[i] {
+			hit[l]++
+		}
+	}
+	for l, n := range total {
+		if l == "good" {
+			v.GoodImages, v.FalseAlarms = n, hit[l]
+			v.FalseAlarmRate = float64(hit[l]) / float64(n)
+			continue
+		}
+		v.DefectImages += n
+		v.Detected += hit[l]
+		v.RecallPerClass[l] = float64(hit[l]) / float64(n)
+	}
+	if v.DefectImages > 0 {
+		v.Recall = float64(v.Detected) / float64(v.DefectImages)
+	}
+	return v
 }
 
 type sample struct {
@@ -100,6 +142,8 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	px := newPixels()
 	labels := make([]bool, len(samples))
 	scores := make([]float64, len(samples))
+	classes := make([]string, len(samples))
+	flagged := make([]bool, len(samples))
 	var invoke []time.Duration
 	conf := map[string]int{"tp": 0, "fp": 0, "tn": 0, "fn": 0}
 	mask, labelsMat := gocv.NewMat(), gocv.NewMat()
@@ -116,11 +160,12 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		labels[i], scores[i] = s.mask != "", float64(res.Score)
 		invoke = append(invoke, res.Timings.Invoke)
 		conf[outcome(labels[i], res.Anomalous)]++
+		classes[i], flagged[i] = s.label, res.Anomalous
 	}
 	out := evalResult{
 		Model: *model, Version: p.Meta().Version, Data: *data, Perturb: *perturb, Images: len(samples),
 		Metrics: map[string]float64{}, Threshold: p.Threshold(), Confusion: conf,
-		InvokeMSP50: ms(median(invoke)),
+		InvokeMSP50: ms(median(invoke)), Verdict: verdicts(p.Threshold(), classes, flagged),
 	}
 	if mk != nil {
 		out.Seed, out.Source = mk.Seed, mk.Source
@@ -138,6 +183,10 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%s on %s (%s, %d images): image AUROC %.4f  F1Max %.4f  pixel AUROC %.4f  AUPRO %.4f\n",
 		*model, *data, *perturb, len(samples), out.Metrics["image_auroc"], out.Metrics["image_f1max"],
 		out.Metrics["pixel_auroc"], out.Metrics["aupro"])
+	v := out.Verdict
+	fmt.Fprintf(stdout, "at threshold %.4f: false alarms %d/%d (%.1f%%), recall %d/%d (%.1f%%), per class %s\n",
+		v.Threshold, v.FalseAlarms, v.GoodImages, 100*v.FalseAlarmRate, v.Detected, v.DefectImages,
+		100*v.Recall, perClass(v.RecallPerClass))
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(out, "", "  ")
 		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
@@ -145,6 +194,15 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// perClass formats recall per class in sorted order: "blowhole 90.4%, ...".
+func perClass(m map[string]float64) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %.1f%%", k, 100*m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // outcome names a verdict for the confusion counts.

@@ -350,12 +350,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"gnl test: wrote the vand2 test set ({len(samples)} images) to {dumped} "
               f"in {time.time() - t0:.1f} s", file=sys.stderr)
     metrics: dict[str, dict[str, dict[str, float]]] = {m.kind: {} for m in models}
+    image_scores: dict[str, dict[str, list[float]]] = {m.kind: {} for m in models}
     runs: dict[tuple[str, str], ConditionRun] = {}
     for cond in conds:
         for m in models:
             t0 = time.time()
             r = score_condition(m.scorer, samples, cond, args.seed, rows)
             metrics[m.kind][cond] = r.metrics(m.threshold)
+            image_scores[m.kind][cond] = [round(x, 6) for x in r.scores]
             metrics[m.kind][cond]["seconds"] = round(time.time() - t0, 1)
             print(f"{m.kind:12s} {cond:10s} " + " ".join(
                 f"{k} {v:.4f}" for k, v in metrics[m.kind][cond].items() if isinstance(v, float)),
@@ -369,6 +371,9 @@ def run(args: argparse.Namespace) -> int:
                 r.masks, r.maps = [], []  # free the full-set maps; the grid keeps its own
                 runs[(m.kind, cond)] = r
     result["metrics"] = metrics
+    # Per-image scores (same order as `samples`), for threshold studies.
+    result["samples"] = [f"{s.label}/{s.path.name}" for s in samples]
+    result["scores"] = image_scores
     print(format_table(metrics))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

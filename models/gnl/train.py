@@ -3,7 +3,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
 
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
-            [--batch 16] [--seed 111] [--seg-steps 300] [--max-minutes 75]
+            [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -215,6 +215,20 @@ def _optimizers(model: GNL, cfg: dict[str, Any]) -> tuple[torch.optim.Optimizer,
     return distill, seg
 
 
+def plateaued(epochs: Sequence[dict[str, Any]], patience: int, min_delta: float = PLATEAU_MIN_DELTA) -> bool:
+    """True when, over the last `patience` epochs, neither the stage-1 loss nor
+    the held-back normal score got `min_delta` (relative) below its best before
+    them. Both must stall: the loss can creep down while the scores of normal
+    images the model never trained on stop improving, and the other way round."""
+    if patience == 0 or len(epochs) <= patience:
+        return False
+    for key in ("loss", "normal_score"):
+        values = [e.get(key, math.inf) for e in epochs]  # older checkpoints lack normal_score
+        if min(values[-patience:]) < min(values[:-patience]) * (1 - min_delta):
+            return False
+    return True
+
+
 class Trainer:
     """The state of one `gnl fit`: model, optimisers, data, RNG, history, and
     the checkpoint that holds all of it."""
@@ -290,18 +304,7 @@ class Trainer:
         self.teacher_cache = [torch.cat([b[lvl] for b in levels]) for lvl in range(len(levels[0]))]
 
     def _plateau(self) -> bool:
-        """True when neither the loss nor the held-back normal score has improved
-        by PLATEAU_MIN_DELTA (relative) on its best for `--patience` epochs."""
-        p = self.args.patience
-        hist = self.history["stage1"]
-        if p == 0 or len(hist) <= p:
-            return False
-        for key in ("loss", "normal_score"):
-            values = [h.get(key, math.inf) for h in hist]  # older checkpoints lack normal_score
-            best_before = min(values[:-p])
-            if min(values[-p:]) < best_before * (1 - PLATEAU_MIN_DELTA):
-                return False
-        return True
+        return plateaued(self.history["stage1"], self.args.patience)
 
     def stage1(self) -> None:
         """Distillation epochs until a plateau, --epochs or the stage-1 share of --max-minutes."""

@@ -147,3 +147,21 @@ def test_dump_is_what_gnl_test_scores(tmp_path: Path) -> None:
             assert "--dump" in str(e)
         else:
             raise AssertionError(f"{bad}: no error")
+
+
+def test_verdicts_count_false_alarms_and_recall_per_class() -> None:
+    classes = ["good"] * 4 + ["crack"] * 2 + ["fray"] * 3
+    scores = [0.1, 0.2, 0.9, 0.3, 0.95, 0.4, 0.8, 0.85, 0.2]
+    v = evaluate.verdicts(classes, scores, threshold=0.8)
+    assert v["false_alarms"] == 1 and v["good_images"] == 4 and v["false_alarm_rate"] == 0.25
+    assert v["detected"] == 3 and v["defect_images"] == 5 and v["recall"] == 0.6
+    assert v["recall_per_class"] == {"crack": 0.5, "fray": round(2 / 3, 4)}
+
+
+def test_topk_mean_is_the_mean_of_the_largest_pixels() -> None:
+    import numpy as np
+
+    m = np.zeros((10, 10), np.float32)
+    m[0, 0], m[5, 5] = 4.0, 2.0
+    assert evaluate.topk_mean(m, 0.02) == 3.0
+    assert evaluate.topk_mean(m, 0.0) == 4.0  # at least one pixel

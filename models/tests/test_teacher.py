@@ -74,3 +74,35 @@ def test_teacher_check_runs(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert res["all_keys_loaded"] and 0 <= res["pretrained_image_auroc"] <= 1
     assert 0 <= res["random_image_auroc"] <= 1 and res["test_images"] == 6
+
+
+def test_lite_variants_scale_as_the_tf_builder() -> None:
+    from gnl.teacher import LITE0_STAGES, lite_stages
+
+    assert lite_stages("efficientnet-lite0") == LITE0_STAGES
+    # Lite2: width 1.1, depth 1.2; first and last stage repeats fixed (fix_head_stem).
+    assert [s[4] for s in lite_stages("efficientnet-lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    assert [s[0] for s in lite_stages("efficientnet-lite2")] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[0] for s in lite_stages("efficientnet-lite1")] == [1, 3, 3, 4, 4, 5, 1]
+
+
+def test_nearest_distance_matches_brute_force() -> None:
+    from gnl.teacher import nearest_distance
+
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(50, 16, generator=g), torch.randn(300, 16, generator=g)
+    want = torch.cdist(q, bank).min(1).values
+    torch.testing.assert_close(nearest_distance(q, bank), want, rtol=1e-4, atol=1e-4)
+
+
+def test_letterbox_keeps_aspect_and_marks_valid_pixels() -> None:
+    import numpy as np
+
+    from gnl.teacher import letterbox
+
+    img = np.full((100, 300, 3), 200, np.uint8)  # 3:1
+    out, valid = letterbox(img, 96)
+    assert out.shape == (96, 96, 3) and valid.shape == (96, 96)
+    rows = np.flatnonzero(valid.any(1))
+    assert len(rows) == 32 and valid.all(1)[rows].all()  # 96 wide x 32 tall, centred
+    assert (out[~valid] == 0).all() and (out[valid] == 200).all()

@@ -123,3 +123,43 @@ def test_both_stages_fit_one_batch() -> None:
     assert seg_losses[-1] < seg_losses[0]
     # Stage 2 leaves the student (weights and BatchNorm statistics) alone.
     assert all(torch.equal(v, student[k]) for k, v in model.student.state_dict().items())
+
+
+def test_plateau_needs_both_signals_to_stall() -> None:
+    def epochs(losses: list[float], scores: list[float]) -> list[dict[str, float]]:
+        return [{"loss": a, "normal_score": b} for a, b in zip(losses, scores)]
+
+    flat = [10.0, 9.0, 8.95, 8.94, 8.93]
+    assert train.plateaued(epochs(flat, flat), patience=3)  # < 1% better than 9.0 for 3 epochs
+    assert not train.plateaued(epochs(flat, [10, 9, 8, 7, 6]), patience=3)  # scores still falling
+    assert not train.plateaued(epochs([10, 9, 8, 7, 6], flat), patience=3)  # loss still falling
+    assert not train.plateaued(epochs(flat, flat), patience=0)  # 0: never stop early
+    assert not train.plateaued(epochs(flat[:3], flat[:3]), patience=3)  # too few epochs to tell
+
+
+def test_plateau_stops_training(tmp_path: Path) -> None:
+    """A model that cannot improve (lr 0, every clean image in every step) stops at the plateau."""
+    data, out = _dataset(tmp_path / "data"), tmp_path / "out"
+    saved = train.LR
+    train.LR = 0.0
+    try:
+        assert train.run(_args(data, out, "--method", "rd4ad", "--batch", "5", "--steps-per-epoch", "1",
+                               "--epochs", "12", "--patience", "2")) == 0
+    finally:
+        train.LR = saved
+    info = json.loads((out / "train.json").read_text())
+    assert info["runs"][-1]["stopped_by"] == "plateau"
+    assert info["epochs_done"] < 10
+    assert all("normal_score" in e for e in info["losses"]["stage1"])
+
+
+def test_cached_teacher_maps_match_a_fresh_pass(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    t = train.Trainer(_args(data, tmp_path / "out"), sorted((data / "train" / "good").iterdir()), "fp", None)
+    t._fill_teacher_cache()
+    assert t.teacher_cache is not None
+    with torch.no_grad():
+        fresh = t.model.teacher(train.to_batch(t.images, t.spec))
+    for cached, f in zip(t.teacher_cache, fresh):
+        assert cached.dtype == torch.float16 and cached.shape == f.shape
+        torch.testing.assert_close(cached.float(), f, rtol=2e-3, atol=2e-3)
