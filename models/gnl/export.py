@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gnl import preprocess
+from gnl import preprocess, threshold
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -50,7 +50,6 @@ MAP_MEANING = (
     "sum over 3 teacher levels of 1-cos(teacher, student) + segmentation probability, "
     "at stride 4; higher = more anomalous"
 )
-NORMAL_QUANTILE = 0.995
 
 
 class NHWC(nn.Module):
@@ -169,10 +168,10 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
 
     `config` is the checkpoint's config (backbone, data, fingerprint, images,
     epochs, seed, image_size); `size` (width, height) overrides image_size.
-    Without `threshold_info` the threshold is the 0.995 quantile of the
-    exported model's own scores (int8 scores differ from float ones) on
-    `threshold_images`, normal images held back from training (source
-    "normal"), or else on `calib_images` (source "calibration").
+    Without `threshold_info` the threshold comes from the exported model's
+    own scores (int8 scores differ from float ones) on `threshold_images`,
+    normal images held back from training (source "normal"), or else on
+    `calib_images` (source "calibration"), by gnl.threshold's rule.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,10 +196,9 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
     if threshold_info is None:
         held = bool(threshold_images)
         scores = _image_scores(model_path, spec, threshold_images if held else calib_images)
-        value = float(np.quantile(scores, NORMAL_QUANTILE)) if scores else 0.0
-        threshold_info = {"value": value, "source": "normal" if held else "calibration",
-                          "normal": value if held else None, "normal_quantile": NORMAL_QUANTILE,
-                          "normal_images": len(scores), "f1_optimal": None}
+        if len(scores) < 2:
+            raise ValueError(f"{len(scores)} normal image(s) to set the threshold from; give at least 2")
+        threshold_info = threshold.threshold_info(scores, "normal" if held else "calibration")
 
     sha = _sha256(model_path)
     meta = {

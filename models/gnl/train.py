@@ -27,8 +27,9 @@ images are computed once and cached (fp16); only augmented views go through
 the teacher each step. `--precision auto` trains in bf16 autocast where the
 hardware does bf16 natively (gnl/device.py), fp32 elsewhere.
 About 10% of train/good (seeded) is held back: after training their image
-scores, clean and with synthetic anomalies, give the normal-quantile
-threshold and a synthetic-anomaly AUROC (OUT/calibration.json).
+scores, clean and with synthetic anomalies, give the threshold (gnl/threshold.py:
+a Gumbel fit for a 1% false-alarm rate) and a synthetic-anomaly AUROC
+(OUT/calibration.json).
 
 Outputs: OUT/checkpoint.pt (written after every epoch; `--resume` continues
 from it), OUT/train.json, OUT/calibration.json and, unless `--no-export`,
@@ -62,13 +63,14 @@ from gnl.model import GNL, METHODS, GNLConfig, build_model
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
 from gnl.teacher import BACKBONES
+from gnl.threshold import FALSE_ALARM_TARGET, gumbel_threshold
+from gnl.threshold import RULE as THRESHOLD_RULE
 
 CHECKPOINT = "checkpoint.pt"
 STAGE1_SHARE = 0.7  # of --max-minutes, when there is a stage 2
 SEG_CHECKPOINT_EVERY = 25  # stage-2 steps between checkpoints / loss records
 SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
 HOLDOUT_FRACTION = 0.1
-NORMAL_QUANTILE = 0.995
 # Random streams besides stage 1's default_rng(seed): default_rng([seed, STREAM]).
 CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
@@ -197,7 +199,8 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "seed": args.seed, "lr": LR, "betas": list(BETAS), "top_k": TOP_K,
         "seg_steps": args.seg_steps, "seg_lr_res": SEG_LR_RES, "seg_lr_head": SEG_LR_HEAD,
         "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
-        "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION, "normal_quantile": NORMAL_QUANTILE,
+        "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION,
+        "threshold_rule": THRESHOLD_RULE, "false_alarm_target": FALSE_ALARM_TARGET,
         "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
         "rotation_fill": args.rotation_fill,
     }
@@ -445,15 +448,16 @@ class Trainer:
         synthetic = image_scores(self.model, [synthesize(im, crng)[0] for im in held], self.spec, self.args.batch)
         calibration = {
             "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
-            "blur_sigma": BLUR_SIGMA, "normal_quantile": NORMAL_QUANTILE,
-            "threshold": float(np.quantile(normal, NORMAL_QUANTILE)),
+            "blur_sigma": BLUR_SIGMA, "threshold_rule": THRESHOLD_RULE,
+            "false_alarm_target": FALSE_ALARM_TARGET, "threshold": gumbel_threshold(normal),
             "synthetic_auroc": auroc(normal, synthetic),
             "held_out": [p.name for p in self.held_paths],
             "normal_scores": normal.round(6).tolist(), "synthetic_scores": synthetic.round(6).tolist(),
         }
         (self.args.out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
         self.run_record["calibration_seconds"] = round(time.monotonic() - t0, 1)
-        self.calibration = {k: calibration[k] for k in ("threshold", "normal_quantile", "synthetic_auroc")}
+        self.calibration = {k: calibration[k] for k in ("threshold", "threshold_rule", "false_alarm_target",
+                                                         "synthetic_auroc")}
         return calibration
 
     def write_summary(self) -> None:

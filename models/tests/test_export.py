@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from gnl.threshold import gumbel_threshold
 import torch
 
 from gnl import preprocess
@@ -102,11 +104,12 @@ def test_int8_needs_calibration(tmp_path) -> None:
 
 
 def test_threshold_from_held_back_images_scored_by_the_exported_model(tmp_path, calib) -> None:
-    """The threshold is the 0.995 quantile of the exported model's own scores."""
+    """The threshold comes from the exported model's own scores (gnl.threshold's rule)."""
     held = calibration_images(MTD / "test" / "good", 5)
     out = export_model(StandIn(width=4), tmp_path, calib, CONFIG, quantize=False, threshold_images=held)
     meta = json.loads((out / "model.json").read_text())
     runner = Runner(out)
     scores = [runner.predict(preprocess.read_bgr(p))[1] for p in held]
     assert meta["threshold"]["source"] == "normal" and meta["threshold"]["normal_images"] == len(held)
-    assert meta["threshold"]["value"] == pytest.approx(float(np.quantile(scores, 0.995)), rel=1e-5)
+    assert meta["threshold"]["value"] == pytest.approx(gumbel_threshold(scores), rel=1e-5)
+    assert meta["threshold"]["rule"] == "gumbel" and meta["threshold"]["false_alarm_target"] == 0.01
