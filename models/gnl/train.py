@@ -71,6 +71,8 @@ STAGE1_SHARE = 0.7  # of --max-minutes, when there is a stage 2
 SEG_CHECKPOINT_EVERY = 25  # stage-2 steps between checkpoints / loss records
 SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
 HOLDOUT_FRACTION = 0.1
+MIN_HELD_OUT = 2  # the threshold rule fits a distribution: it needs two scores at least
+MIN_IMAGES = 4  # two to train on, two held back
 # Random streams besides stage 1's default_rng(seed): default_rng([seed, STREAM]).
 CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
@@ -142,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def split_holdout(paths: Sequence[Path], seed: int) -> tuple[list[Path], list[Path]]:
-    """(train, held_out): a seeded ~10% of the images held back for calibration."""
-    n_hold = max(1, round(len(paths) * HOLDOUT_FRACTION))
+    """(train, held_out): a seeded ~10% of the images (at least MIN_HELD_OUT)
+    held back for calibration."""
+    n_hold = max(MIN_HELD_OUT, round(len(paths) * HOLDOUT_FRACTION))
     held = set(np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(len(paths))[:n_hold].tolist())
     return ([p for i, p in enumerate(paths) if i not in held],
             [p for i, p in enumerate(paths) if i in held])
@@ -487,9 +490,9 @@ def fit(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / CHECKPOINT
     paths = train_images(args.data)
-    if len(paths) < 2:
-        raise DatasetError(f"{Path(args.data) / 'train' / 'good'}: {len(paths)} image; need at least 2 "
-                           "(10% are held back to calibrate the threshold)")
+    if len(paths) < MIN_IMAGES:
+        raise DatasetError(f"{Path(args.data) / 'train' / 'good'}: {len(paths)} image(s); need at least "
+                           f"{MIN_IMAGES} (10%, and at least {MIN_HELD_OUT}, are held back to set the threshold)")
     data_fp = fingerprint(paths)
     prev: dict[str, Any] | None = None
     if args.resume:

@@ -45,10 +45,10 @@ def test_fit_then_resume(tmp_path: Path) -> None:
     info = json.loads((out / "train.json").read_text())
     assert info["epochs_done"] == 1 and info["seg_steps_done"] == 2
     assert [r["steps"] for r in info["losses"]["stage1"]] == [2]
-    assert info["data"] == {**info["data"], "images": 6, "train": 5, "held_out": 1}
+    assert info["data"] == {**info["data"], "images": 6, "train": 4, "held_out": 2}
     assert info["config"]["backbone"] == "efficientnet-lite0" and info["config"]["seg_head"] is True
     calib = json.loads((out / "calibration.json").read_text())
-    assert len(calib["normal_scores"]) == 1 and 0.0 <= calib["synthetic_auroc"] <= 1.0
+    assert len(calib["normal_scores"]) == 2 and 0.0 <= calib["synthetic_auroc"] <= 1.0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["config"]["image_size"] == 64
     assert ckpt["calibration"]["threshold"] == calib["threshold"]
@@ -143,7 +143,7 @@ def test_plateau_stops_training(tmp_path: Path) -> None:
     saved = train.LR
     train.LR = 0.0
     try:
-        assert train.run(_args(data, out, "--method", "rd4ad", "--batch", "5", "--steps-per-epoch", "1",
+        assert train.run(_args(data, out, "--method", "rd4ad", "--batch", "4", "--steps-per-epoch", "1",
                                "--epochs", "12", "--patience", "2")) == 0
     finally:
         train.LR = saved
