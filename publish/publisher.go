@@ -223,15 +223,15 @@ func (p *Publisher) Connect() {
 	}
 }
 
-// onConnect runs in a paho goroutine after every (re)connect: it repeats
-// the retained "online", logs the end of an outage, and has Run replay
-// the spool.
+// onConnect runs in a paho goroutine after every (re)connect: it
+// subscribes again, repeats the retained "online", logs the end of an
+// outage, and has Run replay the spool.
 func (p *Publisher) onConnect(c mqtt.Client) {
+	p.subscribe(c) // first: "online" says gnld listens
 	tok := c.Publish(p.statusTopic(), 1, true, "online")
 	if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
 		p.log.Warn("mqtt: status online not acknowledged", "err", tok.Error())
 	}
-	p.subscribe(c)
 	p.mu.Lock()
 	since, spooled := p.downSince, p.spooled.Load()-p.spooledDown
 	p.mu.Unlock()
