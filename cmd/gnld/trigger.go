@@ -81,6 +81,9 @@ func parseTrigger(payload []byte) (trigger, error) {
 
 // jsonID reads part_id's value: a string, or a number kept as written.
 func jsonID(raw json.RawMessage) (string, error) {
+	if string(raw) == "null" {
+		return "", fmt.Errorf(`"part_id" is null, want a string or a number; %s`, triggerFormat)
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err == nil {
 		return s, nil
@@ -195,12 +198,12 @@ func (q *triggerQueue) stop(cur *trigger) {
 	}
 }
 
-// clip quotes a payload for the log, cut to 200 bytes.
+// clip cuts a payload to 200 bytes for the log (slog quotes it).
 func clip(p []byte) string {
 	if len(p) > 200 {
-		return fmt.Sprintf("%q...", p[:200])
+		return string(p[:200]) + "..."
 	}
-	return fmt.Sprintf("%q", p)
+	return string(p)
 }
 
 // workTriggered is work in trigger mode: for each trigger, in order, it
