@@ -57,7 +57,7 @@ type Config struct {
 	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts)."`
 	SpoolMax      int           `split_words:"true" default:"10000" desc:"Most results the spool keeps; when full the oldest are dropped, counted and logged."`
 
-	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy; when full, further triggers are refused, counted (stats trigger_overflow) and logged."`
+	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy; when full, further triggers are refused, counted (trigger.overflow in the stats topic) and logged."`
 
 	ReadTimeout  time.Duration `split_words:"true" default:"10s" desc:"Capture watchdog: a source that gives no frame for this long is abandoned and reopened."`
 	ReconnectMin time.Duration `split_words:"true" default:"1s" desc:"First delay before reopening a failed source; it doubles per failure."`
