@@ -501,8 +501,9 @@ func environ(env map[string]string) []string {
 	return out
 }
 
-// The real binary: SIGTERM stops it within the shutdown timeout with
-// status 0, every captured frame published (no gaps) and "offline" last;
+// The real binary: SIGHUP reloads the model without a gap; SIGTERM stops
+// it within the shutdown timeout with status 0, every captured frame
+// published (no gaps) and "offline" last;
 // a missing bundle or a bad variable exits 1 with one line on stderr.
 func TestBinarySignalsAndExitStatus(t *testing.T) {
 	if testing.Short() {
@@ -525,6 +526,10 @@ func TestBinarySignalsAndExitStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub.WaitFor(t, 10*time.Second, "some results", func([]testbroker.Msg) bool { return len(sub.On("/loop/result")) >= 10 })
+	// SIGHUP reloads the model (the same bundle here) and gnld goes on.
+	cmd.Process.Signal(syscall.SIGHUP)
+	n := len(sub.On("/loop/result"))
+	sub.WaitFor(t, 10*time.Second, "results after SIGHUP", func([]testbroker.Msg) bool { return len(sub.On("/loop/result")) >= n+10 })
 	cmd.Process.Signal(syscall.SIGTERM)
 	stopped := time.Now()
 	if err := cmd.Wait(); err != nil {
@@ -544,6 +549,9 @@ func TestBinarySignalsAndExitStatus(t *testing.T) {
 		}
 	}
 	t.Logf("%d results, sequences 1..%d without gaps", len(got), len(got))
+	if !strings.Contains(stderr.String(), `msg="model: reloaded`) || strings.Count(stderr.String(), `msg="model: camera switched"`) != 1 {
+		t.Errorf("SIGHUP: want one reload and one camera switch in the log:\n%s", stderr.String())
+	}
 
 	for _, tc := range []struct {
 		env  map[string]string

@@ -33,6 +33,12 @@ import (
 // flight are scored, the publisher publishes or spools every result and
 // sends "offline". It must finish within GNLD_SHUTDOWN_TIMEOUT.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	// SIGHUP reloads the model (daemon.reloads). Caught from the start, so
+	// that one sent while gnld starts does not end it: it reloads once
+	// gnld runs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	fs := flag.NewFlagSet("gnld", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(stderr) }
@@ -56,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer d.close()
-	return d.run(ctx)
+	return d.run(ctx, hup)
 }
 
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {
@@ -181,7 +187,7 @@ func (d *daemon) cameraStats() any {
 	return out
 }
 
-func (d *daemon) run(ctx context.Context) error {
+func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	m := d.model().Meta
 	names := make([]string, len(d.cams))
 	for i, c := range d.cams {
@@ -203,9 +209,6 @@ func (d *daemon) run(ctx context.Context) error {
 	go func() { d.pub.Run(hard); close(pubDone) }()
 
 	// Reloads (SIGHUP, GNLD_MODEL_WATCH) until the shutdown begins.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	reloadCtx, stopReloads := context.WithCancel(ctx)
 	defer stopReloads()
 	reloadsDone := make(chan struct{})
