@@ -215,27 +215,27 @@ func (d *daemon) workTriggered(c *camera) error {
 	defer func() { q.stop(cur) }()
 	frames := c.cap.Frames()
 	for {
+		var next <-chan trigger // nil (never ready) while cur waits
+		if cur == nil {
+			next = q.ch
+		}
 		var f capture.Frame
 		var ok bool
-		if cur == nil {
-			select {
-			case t := <-q.ch:
-				cur = &t
-				continue
-			case f, ok = <-frames:
-			}
-			if ok { // a trigger may have come in with this frame
-				select {
-				case t := <-q.ch:
-					cur = &t
-				default:
-				}
-			}
-		} else {
-			f, ok = <-frames
+		select {
+		case t := <-next:
+			cur = &t
+			continue
+		case f, ok = <-frames:
 		}
 		if !ok {
 			return nil
+		}
+		if cur == nil { // a trigger may have come in with this frame
+			select {
+			case t := <-q.ch:
+				cur = &t
+			default:
+			}
 		}
 		if cur == nil || f.Time.Before(cur.at) {
 			f.Close()
