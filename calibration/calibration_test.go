@@ -12,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"gnld/models"
 )
 
-// Threshold is numpy.quantile (the toolchain's rule), checked against
+// Quantile is numpy.quantile (the older bundles' rule), checked against
 // numpy itself on random score sets of the sizes calibration sees.
-func TestThresholdIsNumpyQuantile(t *testing.T) {
+func TestQuantileIsNumpyQuantile(t *testing.T) {
 	if _, err := exec.Command("python3", "-c", "import numpy").CombinedOutput(); err != nil {
 		t.Skipf("python3 with numpy not available: %v", err)
 	}
@@ -54,33 +56,99 @@ for s, q in json.load(sys.stdin): print(repr(float(np.quantile(s, q))))`)
 	}
 	for i, c := range cases {
 		want, _ := strconv.ParseFloat(lines[i], 64)
-		if got := Threshold(c.scores, c.q); math.Abs(got-want) > 1e-12*math.Abs(want) {
-			t.Errorf("n=%d q=%g: Threshold %v, numpy.quantile %v", len(c.scores), c.q, got, want)
+		if got := Quantile(c.scores, c.q); math.Abs(got-want) > 1e-12*math.Abs(want) {
+			t.Errorf("n=%d q=%g: Quantile %v, numpy.quantile %v", len(c.scores), c.q, got, want)
+		}
+	}
+}
+
+// Gumbel is the toolchain's rule: gnl/threshold.py's gumbel_threshold,
+// run in Python on the same random score sets.
+func TestGumbelIsTheToolchainRule(t *testing.T) {
+	py := exec.Command("python3", "-c", `import json, sys
+from gnl.threshold import gumbel_threshold
+for s, q in json.load(sys.stdin): print(repr(float(gumbel_threshold(s, q))))`)
+	py.Env = append(os.Environ(), "PYTHONPATH=../models")
+	rng := rand.New(rand.NewPCG(3, 4))
+	var cases [][2]any
+	for _, n := range []int{2, 10, 76, 193, 1001} {
+		for _, target := range []float64{0.001, 0.01, 0.05, 0.5} {
+			s := make([]float64, n)
+			for i := range s {
+				s[i] = 1.8 - 0.1*math.Log(-math.Log(rng.Float64())) // Gumbel(1.8, 0.1)
+			}
+			cases = append(cases, [2]any{s, target})
+		}
+	}
+	in, _ := json.Marshal(cases)
+	py.Stdin = strings.NewReader(string(in))
+	out, err := py.CombinedOutput()
+	if err != nil {
+		t.Skipf("python3 with models/gnl/threshold.py not available: %v %s", err, out)
+	}
+	lines := strings.Fields(string(out))
+	if len(lines) != len(cases) {
+		t.Fatalf("%d Python answers for %d cases: %s", len(lines), len(cases), out)
+	}
+	for i, c := range cases {
+		want, _ := strconv.ParseFloat(lines[i], 64)
+		scores, target := c[0].([]float64), c[1].(float64)
+		if got := Gumbel(scores, target); math.Abs(got-want) > 1e-12*math.Abs(want) {
+			t.Errorf("n=%d target=%g: Gumbel %v, gnl.threshold.gumbel_threshold %v", len(scores), target, got, want)
 		}
 	}
 }
 
 // The toolchain's own numbers: gnl fit writes the held-back normal
-// images' scores and the threshold it derived from them into the default
-// bundle's calibration.json. Threshold must give the same number from the
-// same scores (written rounded to 6 decimals, hence the tolerance).
-func TestThresholdRuleMatchesToolchain(t *testing.T) {
+// images' scores, its rule and the threshold it derived from them into
+// the default bundle's calibration.json. The rule of that name must give
+// the same number from the same scores (written rounded to 6 decimals,
+// hence the tolerance).
+func TestRuleMatchesToolchainOnDefaultBundle(t *testing.T) {
 	var cal struct {
 		Scores    []float64 `json:"normal_scores"`
-		Quantile  float64   `json:"normal_quantile"`
+		Rule      string    `json:"threshold_rule"`
+		Target    *float64  `json:"false_alarm_target"`
+		Quantile  *float64  `json:"normal_quantile"`
 		Threshold float64   `json:"threshold"`
 	}
 	b, err := os.ReadFile("../models/default/calibration.json")
 	if err != nil || json.Unmarshal(b, &cal) != nil || len(cal.Scores) == 0 {
 		t.Skipf("models/default/calibration.json without normal_scores: %v", err)
 	}
-	got := Threshold(cal.Scores, cal.Quantile)
-	t.Logf("%d scores, quantile %g: Threshold %.7f, toolchain %.7f", len(cal.Scores), cal.Quantile, got, cal.Threshold)
+	rule, err := RuleOf(models.Threshold{Rule: cal.Rule, FalseAlarmTarget: cal.Target, NormalQuantile: cal.Quantile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rule.Threshold(cal.Scores)
+	t.Logf("%d scores, rule %s: %.7f, toolchain %.7f", len(cal.Scores), rule, got, cal.Threshold)
 	if math.Abs(got-cal.Threshold) > 1e-5 {
-		t.Errorf("Threshold gives %.7f, the toolchain %.7f from the same scores: align calibration.Threshold with models/gnl's rule", got, cal.Threshold)
+		t.Errorf("rule %s gives %.7f, the toolchain %.7f from the same scores: align package calibration with models/gnl/threshold.py", rule.Name, got, cal.Threshold)
 	}
 	if hi := slices.Max(cal.Scores); math.Abs(hi-cal.Threshold) < 1e-4 {
-		t.Logf("note: the threshold is the maximum score here, so this check cannot tell the quantile from the maximum")
+		t.Logf("note: the threshold is the maximum score here, so this check cannot tell the rule from the maximum")
+	}
+}
+
+func TestRuleOf(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	for _, tc := range []struct {
+		th   models.Threshold
+		want Rule
+		err  string
+	}{
+		{models.Threshold{Rule: "gumbel", FalseAlarmTarget: f(0.02)}, Rule{Name: RuleGumbel, Target: 0.02}, ""},
+		{models.Threshold{Rule: "gumbel"}, Rule{Name: RuleGumbel, Target: DefaultFalseAlarmTarget}, ""},
+		{models.Threshold{NormalQuantile: f(0.995)}, Rule{Name: RuleQuantile, Quantile: 0.995}, ""},
+		{models.Threshold{}, Rule{Name: RuleGumbel, Target: DefaultFalseAlarmTarget}, ""},
+		{models.Threshold{Rule: "weibull"}, Rule{}, `threshold.rule "weibull"`},
+		{models.Threshold{Rule: "gumbel", FalseAlarmTarget: f(1.5)}, Rule{}, "false_alarm_target 1.5"},
+		{models.Threshold{NormalQuantile: f(0)}, Rule{}, "normal_quantile 0"},
+	} {
+		got, err := RuleOf(tc.th)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%+v: %+v %v, want %+v %q", tc.th, got, err, tc.want, tc.err)
+		}
 	}
 }
 
@@ -89,7 +157,7 @@ func record(camera string, threshold float64, sha string) Record {
 	for i := range scores {
 		scores[i] = threshold * float64(i+1) / MinImages
 	}
-	r, err := New(camera, "/data/good", scores, DefaultQuantile, Model{Name: "m", Version: "v1", SHA256: sha}, 9)
+	r, err := New(camera, "/data/good", scores, Rule{Name: RuleGumbel, Target: 0.01}, Model{Name: "m", Version: "v1", SHA256: sha}, 9)
 	if err != nil {
 		panic(err)
 	}
@@ -136,7 +204,7 @@ func TestWriteReadAndFallback(t *testing.T) {
 }
 
 func TestNewNeedsEnoughImages(t *testing.T) {
-	_, err := New("a", "/good", []float64{1, 2, 3}, DefaultQuantile, Model{}, 1)
+	_, err := New("a", "/good", []float64{1, 2, 3}, Rule{Name: RuleGumbel, Target: 0.01}, Model{}, 1)
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("at least %d", MinImages)) || !strings.Contains(err.Error(), "/good") {
 		t.Errorf("3 images: %v", err)
 	}

@@ -17,9 +17,10 @@ import (
 const defaultCalibrationDir = "/var/lib/gnld/calibration"
 
 // calibrate scores known-good images from the line with gnld's pipeline
-// and writes the threshold the toolchain's normal-only rule gives
-// (calibration.Threshold) as a camera's calibration record, which gnld
-// reads at start-up and on reload.
+// and writes the threshold that the rule of the bundle's own threshold
+// gives (calibration.RuleOf: the Gumbel rule of gnl/threshold.py, or the
+// empirical quantile of older bundles) as a camera's calibration record,
+// which gnld reads at start-up and on reload.
 func calibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("calibrate", stderr)
 	model := fs.String("model", "", "bundle folder (required): the bundle gnld serves")
@@ -49,6 +50,10 @@ func calibrate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	rule, err := calibration.RuleOf(b.Meta.Threshold) // the rule of the bundle's own threshold
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.Dir, err)
+	}
 	p, err := pipeline.New(b, runtime.Options{Threads: *threads})
 	if err != nil {
 		return err
@@ -66,12 +71,8 @@ func calibrate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		scores = append(scores, s)
 	}
 	m := b.Meta
-	q := calibration.DefaultQuantile
-	if nq := m.Threshold.NormalQuantile; nq != nil && *nq > 0 && *nq < 1 {
-		q = *nq // the rule the bundle's own threshold was made with
-	}
 	source, _ := filepath.Abs(*good)
-	rec, err := calibration.New(*camera, source, scores, q,
+	rec, err := calibration.New(*camera, source, scores, rule,
 		calibration.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, m.Threshold.Value)
 	if err != nil {
 		return err
@@ -85,8 +86,9 @@ func calibrate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		who = "every camera without its own calibration"
 	}
 	fmt.Fprintf(stdout, "calibrated %s with %s %s on %d good images from %s\n", who, m.Name, m.Version, rec.Images, source)
-	fmt.Fprintf(stdout, "rule       %s\n", rec.Rule)
-	fmt.Fprintf(stdout, "scores     min %.4f  median %.4f  max %.4f\n", rec.Scores.Min, rec.Scores.Median, rec.Scores.Max)
+	fmt.Fprintf(stdout, "rule       %s\n", rec.RuleDescription)
+	fmt.Fprintf(stdout, "scores     min %.4f  median %.4f  mean %.4f  sd %.4f  max %.4f\n",
+		rec.Scores.Min, rec.Scores.Median, rec.Scores.Mean, rec.Scores.Std, rec.Scores.Max)
 	fmt.Fprintf(stdout, "threshold  %.6g (the bundle's: %.6g)\n", rec.Threshold, rec.BundleThreshold)
 	fmt.Fprintf(stdout, "wrote      %s; gnld uses it from its next reload (SIGHUP: systemctl reload gnld) or start\n", path)
 	return nil

@@ -63,7 +63,7 @@ func startGnld(t testing.TB, ctx context.Context, env map[string]string) (log *s
 		select {
 		case err := <-done:
 			return err
-		case <-time.After(60 * time.Second):
+		case <-time.After(2 * time.Minute):
 			t.Fatalf("gnld did not return\n%s", log)
 			return nil
 		}
@@ -219,6 +219,8 @@ func TestHotSwapUnderStream(t *testing.T) {
 		"GNLD_CAMERAS": "a=dir:" + dir + ",b=dir:" + dir, "GNLD_MODEL_DIR": string(link),
 		"GNLD_CAMERA_A_LOOP": "true", "GNLD_CAMERA_B_LOOP": "true", "GNLD_CAMERA_A_FPS": "25", "GNLD_CAMERA_B_FPS": "25",
 		"GNLD_LOG_LEVEL": "info", "GNLD_CALIBRATION_DIR": filepath.Join(t.TempDir(), "none"),
+		// Not under test here; generous for a machine shared with training.
+		"GNLD_SHUTDOWN_TIMEOUT": "60s",
 	}))
 	atLeast := func(v string, n int) {
 		t.Helper()
@@ -414,7 +416,11 @@ func TestCalibrationOnReload(t *testing.T) {
 		scores = append(scores, float64(r.Score))
 	}
 	m := tiny.Meta
-	recA, err := calibration.New("a", good, scores, calibration.DefaultQuantile, calibration.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, m.Threshold.Value)
+	rule, err := calibration.RuleOf(m.Threshold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recA, err := calibration.New("a", good, scores, rule, calibration.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, m.Threshold.Value)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -226,6 +226,7 @@ func TestTriggerQueueOverflow(t *testing.T) {
 		"GNLD_CAMERAS": "plc=dir:" + dir, "GNLD_CAMERA_PLC_LOOP": "true", "GNLD_CAMERA_PLC_FPS": "30",
 		"GNLD_CAMERA_PLC_TRIGGER": "mqtt", "GNLD_TRIGGER_QUEUE": "2", "GNLD_MODEL_DIR": defaultBundle,
 		"GNLD_STATS_INTERVAL": "1m", "GNLD_LOG_LEVEL": "info", "GNLD_CALIBRATION_DIR": t.TempDir(),
+		"GNLD_SHUTDOWN_TIMEOUT": "60s",
 	}))
 	waitOnline(t, sub)
 	const n = 10
