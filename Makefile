@@ -64,7 +64,7 @@ model:
 	cp out/model/model.tflite out/model/model.json out/model/train.json out/model/calibration.json models/default/
 
 lint:
-	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal)"; \
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration)"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 

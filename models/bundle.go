@@ -92,12 +92,17 @@ type Postprocess struct {
 }
 
 // Threshold is the calibrated decision threshold; Value is the one used.
+// Rule and FalseAlarmTarget say how it was derived from normal scores
+// (gnl/threshold.py); bundles made before rules were named carry
+// NormalQuantile (an empirical quantile) instead.
 type Threshold struct {
-	Value          float64  `json:"value"`
-	Source         string   `json:"source"`
-	Normal         *float64 `json:"normal"`
-	NormalQuantile *float64 `json:"normal_quantile"`
-	F1Optimal      *float64 `json:"f1_optimal"`
+	Value            float64  `json:"value"`
+	Source           string   `json:"source"`
+	Rule             string   `json:"rule"`
+	FalseAlarmTarget *float64 `json:"false_alarm_target"`
+	Normal           *float64 `json:"normal"`
+	NormalQuantile   *float64 `json:"normal_quantile"`
+	F1Optimal        *float64 `json:"f1_optimal"`
 }
 
 // Training records what the model was trained on.

@@ -7,10 +7,11 @@
 //	gnl/<site>/<camera>/map      anomaly map bytes (PNG or raw 8-bit), best effort, not retained
 //	gnl/<site>/<device>/status   retained "online" / "offline"; "offline" is also the Last Will
 //	gnl/<site>/<device>/stats    JSON counters on a timer, best effort
+//	gnl/<site>/<camera>/trigger  subscribed (Subscribe): a PLC asks for a part to be inspected
 //
 // Lifecycle: New checks the config and opens the spool. Connect starts the
 // connection in the background (a broker that is down at start-up is
-// retried, like one lost later). Run is the sender: call it once, in its
+// retried, like one lost later). Subscribe, if used, comes before Connect. Run is the sender: call it once, in its
 // own goroutine; it returns after Close, once everything queued before
 // Close is published, or spooled and the hard deadline given to Run has
 // passed, and "offline" is sent. Result and Map may
@@ -102,7 +103,14 @@ type Publisher struct {
 	mu          sync.Mutex // guards the outage bookkeeping below (paho's goroutines)
 	downSince   time.Time  // when the connection was lost
 	spooledDown uint64     // spooled count then
+
+	subs map[string]Handler // topic -> handler; fixed once Connect is called
 }
+
+// Handler receives a subscribed message: its payload, whether the broker
+// marked it retained, and when it arrived. Handlers are called one at a
+// time, in arrival order, from paho's goroutine: they must not block.
+type Handler func(payload []byte, retained bool, at time.Time)
 
 // New checks cfg, opens the spool and prepares the MQTT client. It does
 // not connect.
@@ -141,7 +149,9 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		SetPassword(cfg.Password).
 		SetTLSConfig(tlsCfg).
 		SetCleanSession(true).
-		SetOrderMatters(false).
+		// Subscribed messages (PLC triggers) reach their handler in order,
+		// one at a time; handlers never block.
+		SetOrderMatters(true).
 		SetConnectTimeout(cfg.Timeout).
 		SetWriteTimeout(cfg.Timeout).
 		SetKeepAlive(30*time.Second).
@@ -156,8 +166,13 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		SetOnConnectHandler(p.onConnect).
 		SetConnectionLostHandler(p.onLost)
 	p.client = mqtt.NewClient(opts)
+	p.subs = map[string]Handler{}
 	return p, nil
 }
+
+// Subscribe has the publisher subscribe to topic (QoS 1) on every
+// connection and pass its messages to h. Call it before Connect.
+func (p *Publisher) Subscribe(topic string, h Handler) { p.subs[topic] = h }
 
 func tlsConfig(scheme string, cfg Config) (*tls.Config, error) {
 	secure := scheme == "ssl" || scheme == "tls" || scheme == "mqtts" || scheme == "wss"
@@ -208,10 +223,11 @@ func (p *Publisher) Connect() {
 	}
 }
 
-// onConnect runs in a paho goroutine after every (re)connect: it repeats
-// the retained "online", logs the end of an outage, and has Run replay
-// the spool.
+// onConnect runs in a paho goroutine after every (re)connect: it
+// subscribes again, repeats the retained "online", logs the end of an
+// outage, and has Run replay the spool.
 func (p *Publisher) onConnect(c mqtt.Client) {
+	p.subscribe(c) // first: "online" says gnld listens
 	tok := c.Publish(p.statusTopic(), 1, true, "online")
 	if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
 		p.log.Warn("mqtt: status online not acknowledged", "err", tok.Error())
@@ -228,6 +244,17 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	select {
 	case p.kick <- struct{}{}:
 	default:
+	}
+}
+
+// subscribe (re)subscribes every topic of Subscribe: the session is
+// clean, so the broker forgets subscriptions when the connection drops.
+func (p *Publisher) subscribe(c mqtt.Client) {
+	for topic, h := range p.subs {
+		tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) { h(m.Payload(), m.Retained(), time.Now()) })
+		if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
+			p.log.Warn("mqtt: subscription not acknowledged; messages on it are lost until the next connection", "topic", topic, "err", tok.Error())
+		}
 	}
 }
 
@@ -436,14 +463,22 @@ func (p *Publisher) disconnect() {
 type Result struct {
 	RunID     string    `json:"run_id"`    // this daemon run; with camera and sequence it names the result
 	Timestamp time.Time `json:"timestamp"` // frame capture time
-	Sequence  uint64    `json:"sequence"`  // per camera, from 1; gaps are dropped or bad frames
+	Sequence  uint64    `json:"sequence"`  // per camera, from 1; gaps are dropped, bad or (trigger mode) unscored frames
 	Camera    string    `json:"camera"`
 	File      string    `json:"file,omitempty"` // source file, when known
-	Model     Model     `json:"model"`
+	Model     Model     `json:"model"`          // the model that scored this frame
 	Score     float32   `json:"score"`
 	Threshold float32   `json:"threshold"`
-	Verdict   string    `json:"verdict"` // "anomalous" or "normal"
-	LatencyMS Latency   `json:"latency_ms"`
+	// ThresholdSource says where Threshold comes from: "bundle"
+	// (model.json), "calibration" (gnlctl calibrate) or "config"
+	// (GNLD_CAMERA_<NAME>_THRESHOLD).
+	ThresholdSource string  `json:"threshold_source"`
+	Verdict         string  `json:"verdict"` // "anomalous" or "normal"
+	LatencyMS       Latency `json:"latency_ms"`
+	// Trigger mode only: the trigger's part id, and its other fields as
+	// sent.
+	PartID  string                     `json:"part_id,omitempty"`
+	Trigger map[string]json.RawMessage `json:"trigger,omitempty"`
 }
 
 // Model names the model that made a result.
@@ -459,6 +494,8 @@ type Latency struct {
 	Invoke    float64 `json:"invoke"`
 	Post      float64 `json:"post"`
 	Total     float64 `json:"total"` // capture to result
+	// Trigger mode only: from the trigger's arrival to the result.
+	Trigger float64 `json:"trigger,omitempty"`
 }
 
 // Verdict turns the pipeline's decision into the payload's word.

@@ -5,6 +5,7 @@
 //	gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]
 //	gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]
 //	gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
+//	gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]
 package main
 
 import (
@@ -38,7 +39,9 @@ const usage = `usage:
   gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]  JSON line per image
   gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]    per-stage latency, FPS, peak RSS
   gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
-                                                          image AUROC, F1Max, pixel AUROC, AUPRO`
+                                                          image AUROC, F1Max, pixel AUROC, AUPRO
+  gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]
+                                                          threshold from the line's good images, for gnld`
 
 // usageError is a mistake on the command line (exit status 2).
 type usageError struct{ msg string }
@@ -52,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{"no command"}
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval,
+		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

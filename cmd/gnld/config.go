@@ -31,10 +31,12 @@ const prefix = "GNLD"
 // Config has no methods: loadConfig embeds it in a struct built at run
 // time, which reflect only allows for types without methods.
 type Config struct {
-	Cameras  cameraList `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
-	ModelDir string     `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md)."`
-	Threads  int        `default:"1" desc:"TFLite CPU threads per camera."`
-	Delegate string     `desc:"TFLite delegate: empty or cpu, gpu (binaries built with -tags gpu), or the path of an external delegate .so."`
+	Cameras        cameraList    `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
+	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
+	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
+	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
+	Threads        int           `default:"1" desc:"TFLite CPU threads per camera."`
+	Delegate       string        `desc:"TFLite delegate: empty or cpu, gpu (binaries built with -tags gpu), or the path of an external delegate .so."`
 
 	Site   string `default:"default" desc:"Site level of every MQTT topic: gnl/<site>/..."`
 	Device string `desc:"Device level of the status and stats topics (gnl/<site>/<device>/status); empty: the host name."`
@@ -55,6 +57,8 @@ type Config struct {
 	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts)."`
 	SpoolMax      int           `split_words:"true" default:"10000" desc:"Most results the spool keeps; when full the oldest are dropped, counted and logged."`
 
+	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy; when full, further triggers are refused, counted (trigger.overflow in the stats topic) and logged."`
+
 	ReadTimeout  time.Duration `split_words:"true" default:"10s" desc:"Capture watchdog: a source that gives no frame for this long is abandoned and reopened."`
 	ReconnectMin time.Duration `split_words:"true" default:"1s" desc:"First delay before reopening a failed source; it doubles per failure."`
 	ReconnectMax time.Duration `split_words:"true" default:"30s" desc:"Cap of the delay between source reopen attempts."`
@@ -72,12 +76,13 @@ type Config struct {
 // CameraConfig holds one camera's GNLD_CAMERA_<NAME>_* variables.
 type CameraConfig struct {
 	Source    string   `desc:"The camera's source; overrides GNLD_CAMERAS. Use it for sources that contain commas, such as GStreamer pipelines."`
-	Threshold *float64 `doc_type:"Float" desc:"Anomaly threshold (score >= threshold is anomalous); unset: threshold.value of the bundle."`
+	Threshold *float64 `doc_type:"Float" desc:"Anomaly threshold (score >= threshold is anomalous); unset: the camera's calibration (gnlctl calibrate) if made with the bundle in service, else threshold.value of the bundle."`
 	ROI       roi      `doc_type:"X,Y,W,H" desc:"Crop to this rectangle, in pixels, before rotation; empty or unset: the whole frame."`
 	Rotate    int      `default:"0" desc:"Rotate frames clockwise by 0, 90, 180 or 270 degrees."`
 	Loop      bool     `default:"false" desc:"Start a folder or video file again when it ends."`
 	Live      *bool    `doc_type:"True or False" desc:"true: keep only the newest frame when the model is slower than the source (drops counted); false: process every frame in order. Unset: true for devices and streams, false for folders and files."`
 	FPS       float64  `default:"0" desc:"Read at most this many frames per second; 0: as fast as the source gives them."`
+	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open."`
 
 	name string
 	spec capture.Spec
@@ -255,6 +260,10 @@ func validate(c *Config) error {
 		return invalid("STATS_INTERVAL", c.StatsInterval, "0 (off) or a duration")
 	case c.SpoolMax < 1:
 		return invalid("SPOOL_MAX", c.SpoolMax, "1 or more")
+	case c.TriggerQueue < 1:
+		return invalid("TRIGGER_QUEUE", c.TriggerQueue, "1 or more")
+	case c.ModelWatch < 0:
+		return invalid("MODEL_WATCH", c.ModelWatch, "0 (off) or a duration")
 	case c.ReconnectMax < c.ReconnectMin:
 		return invalid("RECONNECT_MAX", c.ReconnectMax, "at least GNLD_RECONNECT_MIN")
 	case c.LogFormat != "text" && c.LogFormat != "json":
@@ -282,6 +291,8 @@ func validate(c *Config) error {
 			return invalid(key+"FPS", cc.FPS, "0 (no limit) or more")
 		case cc.Loop && !s.Finite():
 			return invalid(key+"LOOP", cc.Loop, "false for a device or stream (only folders and files end)")
+		case cc.Trigger != "off" && cc.Trigger != "mqtt":
+			return invalid(key+"TRIGGER", cc.Trigger, "off or mqtt")
 		}
 	}
 	return nil

@@ -62,7 +62,7 @@ func TestConfigDoc(t *testing.T) {
 
 // setEnv replaces every GNLD_ variable of the process with env, so that a
 // developer's own GNLD_ settings cannot leak into a test.
-func setEnv(t *testing.T, env map[string]string) {
+func setEnv(t testing.TB, env map[string]string) {
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, prefix+"_") {
 			t.Setenv(k, "")
@@ -96,6 +96,11 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"GNLD_CAMERAS": "a"}, `GNLD_CAMERA_A_SOURCE="": expected a source`},
 		{map[string]string{"GNLD_CAMERAS": "a=ftp://x"}, `camera a: source "ftp://x": unknown scheme`},
 		{map[string]string{"GNLD_CAMERAS": "a=/dev/video0", "GNLD_CAMERA_A_LOOP": "true"}, `GNLD_CAMERA_A_LOOP="true": expected false for a device`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CAMERA_A_TRIGGER": "plc"}, `GNLD_CAMERA_A_TRIGGER="plc": expected off or mqtt`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CAMERA_A_TRIGER": "mqtt"}, "unknown environment variable GNLD_CAMERA_A_TRIGER"},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_TRIGGER_QUEUE": "0"}, `GNLD_TRIGGER_QUEUE="0": expected 1 or more`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_MODEL_WATCH": "-1s"}, `GNLD_MODEL_WATCH="-1s": expected 0 (off) or a duration`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CALIBRATON_DIR": "/c"}, "unknown environment variable GNLD_CALIBRATON_DIR"},
 	} {
 		setEnv(t, tc.env)
 		var stdout, stderr bytes.Buffer
@@ -212,7 +217,7 @@ func TestBundleErrors(t *testing.T) {
 
 // mtdSamples copies the first n images of each MTD test class into one
 // folder, named so that name order alternates nothing: class, then file.
-func mtdSamples(t *testing.T, n int, classes ...string) (dir string, files []string) {
+func mtdSamples(t testing.TB, n int, classes ...string) (dir string, files []string) {
 	root := os.Getenv("MTD")
 	if root == "" {
 		root = "../../../shared/data/mtd"
@@ -238,8 +243,13 @@ func mtdSamples(t *testing.T, n int, classes ...string) (dir string, files []str
 }
 
 // expected scores frames with the pipeline directly, as gnld should.
-func expected(t *testing.T, frames []gocv.Mat) []pipeline.Result {
-	b, err := models.Load(tinyBundle)
+func expected(t testing.TB, frames []gocv.Mat) []pipeline.Result {
+	return expectedWith(t, tinyBundle, frames)
+}
+
+// expectedWith scores frames with bundle's pipeline and closes them.
+func expectedWith(t testing.TB, bundle string, frames []gocv.Mat) []pipeline.Result {
+	b, err := models.Load(bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +273,7 @@ func expected(t *testing.T, frames []gocv.Mat) []pipeline.Result {
 
 // results decodes the result messages of camera, de-duplicated by run,
 // camera and sequence, in arrival order.
-func results(t *testing.T, sub *testbroker.Subscriber, camera string) []publish.Result {
+func results(t testing.TB, sub *testbroker.Subscriber, camera string) []publish.Result {
 	seen := map[string]bool{}
 	var out []publish.Result
 	for _, m := range sub.On("/" + camera + "/result") {
@@ -282,7 +292,7 @@ func results(t *testing.T, sub *testbroker.Subscriber, camera string) []publish.
 
 // baseEnv is a gnld environment for tests: the tiny bundle, a test
 // broker, a temporary spool, fast timeouts.
-func baseEnv(t *testing.T, broker string, extra map[string]string) map[string]string {
+func baseEnv(t testing.TB, broker string, extra map[string]string) map[string]string {
 	env := map[string]string{
 		"GNLD_MODEL_DIR": tinyBundle, "GNLD_MQTT_BROKER": broker, "GNLD_SITE": "test", "GNLD_DEVICE": "dev",
 		"GNLD_SPOOL_DIR": filepath.Join(t.TempDir(), "spool"), "GNLD_MQTT_TIMEOUT": "1s",
@@ -491,8 +501,9 @@ func environ(env map[string]string) []string {
 	return out
 }
 
-// The real binary: SIGTERM stops it within the shutdown timeout with
-// status 0, every captured frame published (no gaps) and "offline" last;
+// The real binary: SIGHUP reloads the model without a gap; SIGTERM stops
+// it within the shutdown timeout with status 0, every captured frame
+// published (no gaps) and "offline" last;
 // a missing bundle or a bad variable exits 1 with one line on stderr.
 func TestBinarySignalsAndExitStatus(t *testing.T) {
 	if testing.Short() {
@@ -515,6 +526,10 @@ func TestBinarySignalsAndExitStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub.WaitFor(t, 10*time.Second, "some results", func([]testbroker.Msg) bool { return len(sub.On("/loop/result")) >= 10 })
+	// SIGHUP reloads the model (the same bundle here) and gnld goes on.
+	cmd.Process.Signal(syscall.SIGHUP)
+	n := len(sub.On("/loop/result"))
+	sub.WaitFor(t, 10*time.Second, "results after SIGHUP", func([]testbroker.Msg) bool { return len(sub.On("/loop/result")) >= n+10 })
 	cmd.Process.Signal(syscall.SIGTERM)
 	stopped := time.Now()
 	if err := cmd.Wait(); err != nil {
@@ -534,6 +549,9 @@ func TestBinarySignalsAndExitStatus(t *testing.T) {
 		}
 	}
 	t.Logf("%d results, sequences 1..%d without gaps", len(got), len(got))
+	if !strings.Contains(stderr.String(), `msg="model: reloaded`) || strings.Count(stderr.String(), `msg="model: camera switched"`) != 1 {
+		t.Errorf("SIGHUP: want one reload and one camera switch in the log:\n%s", stderr.String())
+	}
 
 	for _, tc := range []struct {
 		env  map[string]string

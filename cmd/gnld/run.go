@@ -8,8 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -18,7 +22,6 @@ import (
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
-	"gnld/runtime"
 )
 
 // run is gnld: it returns when ctx is cancelled (SIGINT, SIGTERM) and the
@@ -30,6 +33,12 @@ import (
 // flight are scored, the publisher publishes or spools every result and
 // sends "offline". It must finish within GNLD_SHUTDOWN_TIMEOUT.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	// SIGHUP reloads the model (daemon.reloads). Caught from the start, so
+	// that one sent while gnld starts does not end it: it reloads once
+	// gnld runs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	fs := flag.NewFlagSet("gnld", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(stderr) }
@@ -53,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer d.close()
-	return d.run(ctx)
+	return d.run(ctx, hup)
 }
 
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {
@@ -64,60 +73,69 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// daemon holds what run starts: one camera, pipeline and counters per
+// daemon holds what run starts: one camera, scorer and counters per
 // camera, and one publisher.
 type daemon struct {
-	cfg    *Config
-	log    *slog.Logger
-	bundle *models.Bundle
-	runID  string
-	cams   []*camera
-	pub    *publish.Publisher
+	cfg   *Config
+	log   *slog.Logger
+	runID string
+	cams  []*camera
+	pub   *publish.Publisher
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
 	busy bool
+
+	bundle   atomic.Pointer[models.Bundle] // the bundle loaded last
+	reloadMu sync.Mutex                    // one reload at a time; guards loadedFP
+	loadedFP string                        // modelFingerprint when the last load began
 }
 
-// camera is one camera's capture, its pipeline (used only by its worker
-// goroutine) and its counters (read by the stats timer).
+// camera is one camera's capture, its model (used only by its worker
+// goroutine), its trigger queue in trigger mode and its counters (read by
+// the stats timer).
 type camera struct {
+	name string
 	cap  *capture.Camera
-	pipe *pipeline.Pipeline
+	// serving is the scorer the worker uses; next is one a reload has
+	// made and the worker takes before its next frame.
+	serving, next atomic.Pointer[scorer]
+	trig          *triggerQueue // nil unless GNLD_CAMERA_<NAME>_TRIGGER=mqtt
 
-	processed, anomalous, skipped atomic.Uint64
+	processed, anomalous, skipped, swaps atomic.Uint64
 }
 
 // cameraStats is one camera's part of the stats topic.
 type cameraStats struct {
 	capture.Stats
-	Processed uint64 `json:"processed"`
-	Anomalous uint64 `json:"anomalous"`
-	Skipped   uint64 `json:"skipped"` // frames the pipeline refused
+	Processed       uint64        `json:"processed"`
+	Anomalous       uint64        `json:"anomalous"`
+	Skipped         uint64        `json:"skipped"` // frames the pipeline refused
+	ModelVersion    string        `json:"model_version"`
+	ThresholdSource string        `json:"threshold_source"`
+	Swaps           uint64        `json:"model_swaps"` // reloads this camera's worker has taken
+	Trigger         *triggerStats `json:"trigger,omitempty"`
 }
 
 // newDaemon loads the bundle and makes every part, so that a bad bundle,
-// camera or spool stops start-up before any frame is read.
+// calibration, camera or spool stops start-up before any frame is read.
 func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
-	b, err := models.Load(cfg.ModelDir)
+	d := &daemon{cfg: cfg, log: log, runID: time.Now().UTC().Format("20060102T150405.000000Z")}
+	d.loadedFP = modelFingerprint(cfg.ModelDir)
+	b, set, _, err := d.loadScorers()
 	if err != nil {
-		return nil, fmt.Errorf("model bundle (GNLD_MODEL_DIR=%s): %w", cfg.ModelDir, err)
+		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, bundle: b, runID: time.Now().UTC().Format("20060102T150405.000000Z")}
+	d.bundle.Store(b)
 	for i, cc := range cfg.cameras {
-		c, err := capture.New(cfg.captureConfig(i), log)
-		if err != nil {
+		c := &camera{name: cc.name}
+		c.serving.Store(set[i])
+		d.cams = append(d.cams, c)
+	}
+	for i, c := range d.cams {
+		if c.cap, err = capture.New(cfg.captureConfig(i), log); err != nil {
 			d.close()
 			return nil, err
 		}
-		p, err := pipeline.New(b, runtime.Options{Threads: cfg.Threads, Delegate: cfg.Delegate})
-		if err != nil {
-			d.close()
-			return nil, fmt.Errorf("model %s: %w", b.ModelPath, err)
-		}
-		if cc.Threshold != nil {
-			p.SetThreshold(float32(*cc.Threshold))
-		}
-		d.cams = append(d.cams, &camera{cap: c, pipe: p})
 	}
 	pc := cfg.publishConfig()
 	pc.StatsExtra = d.cameraStats
@@ -125,34 +143,58 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		d.close()
 		return nil, err
 	}
+	for i, c := range d.cams {
+		if cfg.cameras[i].Trigger == "mqtt" {
+			c.trig = newTriggerQueue(c.name, cfg.TriggerQueue, log)
+			d.pub.Subscribe(d.pub.Topic(c.name, "trigger"), c.trig.receive)
+		}
+	}
 	return d, nil
 }
+
+// model is the bundle loaded last (in service, or about to be).
+func (d *daemon) model() *models.Bundle { return d.bundle.Load() }
 
 func (d *daemon) close() {
 	if d.busy {
 		return // the process is about to exit anyway
 	}
 	for _, c := range d.cams {
-		c.pipe.Close()
+		c.serving.Swap(nil).close()
+		c.next.Swap(nil).close()
 	}
 }
 
 func (d *daemon) cameraStats() any {
 	out := map[string]cameraStats{}
 	for _, c := range d.cams {
-		out[c.cap.Name()] = cameraStats{
-			Stats: c.cap.Stats(), Processed: c.processed.Load(),
-			Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
+		st := cameraStats{
+			Processed: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
+			Swaps: c.swaps.Load(),
 		}
+		if c.cap != nil {
+			st.Stats = c.cap.Stats()
+		}
+		if s := c.serving.Load(); s != nil {
+			st.ModelVersion, st.ThresholdSource = s.model.Version, s.thresholdSource
+		}
+		if c.trig != nil {
+			ts := c.trig.stats()
+			st.Trigger = &ts
+		}
+		out[c.name] = st
 	}
 	return out
 }
 
-func (d *daemon) run(ctx context.Context) error {
-	m := d.bundle.Meta
+func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
+	m := d.model().Meta
 	names := make([]string, len(d.cams))
 	for i, c := range d.cams {
-		names[i] = c.cap.Name() + "=" + d.cfg.cameras[i].spec.String()
+		names[i] = c.name + "=" + d.cfg.cameras[i].spec.String()
+		if c.trig != nil {
+			names[i] += "(trigger)"
+		}
 	}
 	d.log.Info("gnld: starting", "run_id", d.runID, "model", m.Name, "version", m.Version,
 		"cameras", strings.Join(names, ","), "broker", d.cfg.MQTTBroker, "site", d.cfg.Site, "device", d.cfg.Device)
@@ -165,6 +207,12 @@ func (d *daemon) run(ctx context.Context) error {
 	defer giveUp()
 	pubDone := make(chan struct{})
 	go func() { d.pub.Run(hard); close(pubDone) }()
+
+	// Reloads (SIGHUP, GNLD_MODEL_WATCH) until the shutdown begins.
+	reloadCtx, stopReloads := context.WithCancel(ctx)
+	defer stopReloads()
+	reloadsDone := make(chan struct{})
+	go func() { d.reloads(reloadCtx, hup); close(reloadsDone) }()
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range d.cams {
@@ -185,6 +233,7 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 	case <-ctx.Done():
 	}
+	stopReloads()
 	deadline := time.Now().Add(d.cfg.ShutdownTimeout)
 	stopTimer := time.AfterFunc(d.cfg.ShutdownTimeout, giveUp)
 	defer stopTimer.Stop()
@@ -202,6 +251,7 @@ func (d *daemon) run(ctx context.Context) error {
 			f.Close()
 		}
 	}
+	<-reloadsDone // a reload in flight finishes before close frees its scorers
 	d.pub.Close()
 	select {
 	case <-pubDone:
@@ -215,12 +265,16 @@ func (d *daemon) run(ctx context.Context) error {
 	return nil
 }
 
-// work scores camera c's frames until its capture closes Frames. A frame
-// the pipeline refuses is counted and skipped; any other pipeline error is
-// fatal (the interpreter is broken) and stops gnld.
+// work scores camera c's frames until its capture closes Frames: every
+// frame, or in trigger mode the first frame after each trigger. A frame
+// the pipeline refuses is counted and skipped; any other pipeline error
+// is fatal (the interpreter is broken) and stops gnld.
 func (d *daemon) work(c *camera) error {
+	if c.trig != nil {
+		return d.workTriggered(c)
+	}
 	for f := range c.cap.Frames() {
-		err := d.process(c, f)
+		_, err := d.process(c, f, nil)
 		f.Close()
 		if err != nil {
 			return err
@@ -229,48 +283,75 @@ func (d *daemon) work(c *camera) error {
 	return nil
 }
 
-func (d *daemon) process(c *camera, f capture.Frame) error {
-	res, err := c.pipe.Process(f.Mat)
+// takeNext puts a scorer made by reload into service, between two
+// frames: f is the first frame the new model scores.
+func (d *daemon) takeNext(c *camera, f capture.Frame) *scorer {
+	s := c.serving.Load()
+	next := c.next.Swap(nil)
+	if next == nil {
+		return s
+	}
+	t0 := time.Now()
+	c.serving.Store(next)
+	s.close()
+	c.swaps.Add(1)
+	d.log.Info("model: camera switched", "camera", c.name, "from", s.model.Version, "to", next.model.Version,
+		"threshold", next.pipe.Threshold(), "threshold_source", next.thresholdSource, "first_seq", f.Seq,
+		"pause_ms", ms(time.Since(t0)))
+	return next
+}
+
+// process scores frame f with the camera's model and publishes the
+// result; t is the trigger it answers, or nil. It reports whether f was
+// scored: false for a frame the pipeline refused.
+func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
+	s := d.takeNext(c, f)
+	res, err := s.pipe.Process(f.Mat)
 	if errors.Is(err, pipeline.ErrFrame) {
 		c.skipped.Add(1)
 		d.log.Warn("frame skipped", "camera", f.Camera, "seq", f.Seq, "file", f.File, "err", err)
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("camera %s frame %d: %w", f.Camera, f.Seq, err)
+		return false, fmt.Errorf("camera %s frame %d: %w", f.Camera, f.Seq, err)
 	}
 	c.processed.Add(1)
 	if res.Anomalous {
 		c.anomalous.Add(1)
 	}
-	m := d.bundle.Meta
 	r := publish.Result{
 		RunID: d.runID, Timestamp: f.Time.UTC(), Sequence: f.Seq, Camera: f.Camera, File: f.File,
-		Model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256},
-		Score: res.Score, Threshold: res.Threshold, Verdict: publish.Verdict(res.Anomalous),
+		Model: s.model, Score: res.Score, Threshold: res.Threshold, ThresholdSource: s.thresholdSource,
+		Verdict: publish.Verdict(res.Anomalous),
 		LatencyMS: publish.Latency{
 			Normalize: ms(res.Timings.Normalize), Invoke: ms(res.Timings.Invoke), Post: ms(res.Timings.Post),
 			Total: ms(time.Since(f.Time)),
 		},
 	}
+	if t != nil {
+		r.PartID, r.Trigger, r.LatencyMS.Trigger = t.partID, t.fields, ms(time.Since(t.at))
+	}
 	d.log.Debug("frame", "camera", r.Camera, "seq", r.Sequence, "file", r.File, "score", r.Score,
-		"threshold", r.Threshold, "verdict", r.Verdict, "normalize_ms", r.LatencyMS.Normalize,
+		"threshold", r.Threshold, "verdict", r.Verdict, "model", r.Model.Version, "normalize_ms", r.LatencyMS.Normalize,
 		"invoke_ms", r.LatencyMS.Invoke, "post_ms", r.LatencyMS.Post, "total_ms", r.LatencyMS.Total)
+	if t != nil {
+		d.log.Debug("trigger answered", "camera", r.Camera, "part_id", r.PartID, "seq", r.Sequence, "trigger_ms", r.LatencyMS.Trigger)
+	}
 	if err := d.pub.Result(r); err != nil {
-		return err
+		return false, err
 	}
 	switch d.cfg.Map {
 	case "png":
-		png, err := c.pipe.Heatmap(f.Mat, res)
+		png, err := s.pipe.Heatmap(f.Mat, res)
 		if err != nil {
 			d.log.Warn("heatmap failed", "camera", f.Camera, "seq", f.Seq, "err", err)
-			return nil
+			return true, nil
 		}
 		d.pub.Map(f.Camera, png)
 	case "raw":
-		d.pub.Map(f.Camera, bytes.Clone(c.pipe.RawMap8(res))) // RawMap8 reuses its buffer
+		d.pub.Map(f.Camera, bytes.Clone(s.pipe.RawMap8(res))) // RawMap8 reuses its buffer
 	}
-	return nil
+	return true, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
