@@ -96,6 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"GNLD_CAMERAS": "a"}, `GNLD_CAMERA_A_SOURCE="": expected a source`},
 		{map[string]string{"GNLD_CAMERAS": "a=ftp://x"}, `camera a: source "ftp://x": unknown scheme`},
 		{map[string]string{"GNLD_CAMERAS": "a=/dev/video0", "GNLD_CAMERA_A_LOOP": "true"}, `GNLD_CAMERA_A_LOOP="true": expected false for a device`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_HTTP_ADDR": "9464"}, `GNLD_HTTP_ADDR="9464": expected HOST:PORT such as :9464`},
 	} {
 		setEnv(t, tc.env)
 		var stdout, stderr bytes.Buffer

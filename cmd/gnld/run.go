@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"gnld/capture"
+	"gnld/internal/httpserver"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
@@ -73,6 +74,7 @@ type daemon struct {
 	runID  string
 	cams   []*camera
 	pub    *publish.Publisher
+	http   *httpserver.Server // nil: GNLD_HTTP_ADDR is off
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
 	busy bool
@@ -125,10 +127,17 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		d.close()
 		return nil, err
 	}
+	if err := d.listenHTTP(); err != nil {
+		d.close()
+		return nil, fmt.Errorf("GNLD_HTTP_ADDR=%s: %w", d.cfg.HTTPAddr, err)
+	}
 	return d, nil
 }
 
 func (d *daemon) close() {
+	if d.http != nil {
+		d.http.Close()
+	}
 	if d.busy {
 		return // the process is about to exit anyway
 	}
@@ -156,6 +165,8 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	d.log.Info("gnld: starting", "run_id", d.runID, "model", m.Name, "version", m.Version,
 		"cameras", strings.Join(names, ","), "broker", d.cfg.MQTTBroker, "site", d.cfg.Site, "device", d.cfg.Device)
+	d.serveHTTP()
+	defer d.stopHTTP()
 	d.pub.Connect()
 
 	// The publisher runs until Close, not until ctx: it must outlive the
