@@ -17,7 +17,9 @@ import (
 
 // routes registers every endpoint of gnld's HTTP listener on mux.
 func (d *daemon) routes(mux *http.ServeMux) {
-	_ = mux // endpoints are added here
+	mux.Handle("GET /metrics", d.metrics.Handler())
+	mux.HandleFunc("GET /healthz", d.healthz)
+	mux.HandleFunc("GET /readyz", d.readyz)
 }
 
 // listenHTTP opens the listener when GNLD_HTTP_ADDR is set, so that a

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,8 @@ import (
 
 	"gnld/capture"
 	"gnld/internal/httpserver"
+	"gnld/internal/metrics"
+	"gnld/internal/sdnotify"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
@@ -68,25 +71,35 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 // daemon holds what run starts: one camera, pipeline and counters per
 // camera, and one publisher.
 type daemon struct {
-	cfg    *Config
-	log    *slog.Logger
-	bundle *models.Bundle
-	runID  string
-	cams   []*camera
-	pub    *publish.Publisher
-	http   *httpserver.Server // nil: GNLD_HTTP_ADDR is off
+	cfg     *Config
+	log     *slog.Logger
+	bundle  *models.Bundle
+	runID   string
+	cams    []*camera
+	pub     *publish.Publisher
+	http    *httpserver.Server // nil: GNLD_HTTP_ADDR is off
+	notify  *sdnotify.Notifier
+	metrics *metrics.Metrics
+	state   atomic.Int32 // stateStarting, stateRunning, stateStopping
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
 	busy bool
 }
 
 // camera is one camera's capture, its pipeline (used only by its worker
-// goroutine) and its counters (read by the stats timer).
+// goroutine) and its counters (read by the stats timer, /metrics, STATUS).
 type camera struct {
-	cap  *capture.Camera
-	pipe *pipeline.Pipeline
+	cap     *capture.Camera
+	pipe    *pipeline.Pipeline
+	metrics *metrics.Camera
 
 	processed, anomalous, skipped atomic.Uint64
+
+	beat          atomic.Int64 // UnixNano of the worker's last beat (health.go)
+	lastFrame     atomic.Int64 // UnixNano at which the worker last got a frame
+	done          atomic.Bool  // the worker has returned
+	score         lastScore    // last score, for STATUS
+	lastAnomalous atomic.Bool
 }
 
 // cameraStats is one camera's part of the stats topic.
@@ -104,7 +117,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model bundle (GNLD_MODEL_DIR=%s): %w", cfg.ModelDir, err)
 	}
-	d := &daemon{cfg: cfg, log: log, bundle: b, runID: time.Now().UTC().Format("20060102T150405.000000Z")}
+	d := &daemon{cfg: cfg, log: log, bundle: b, runID: time.Now().UTC().Format("20060102T150405.000000Z"), notify: sdnotify.New(log)}
+	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher})
+	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
 		c, err := capture.New(cfg.captureConfig(i), log)
 		if err != nil {
@@ -119,7 +134,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		if cc.Threshold != nil {
 			p.SetThreshold(float32(*cc.Threshold))
 		}
-		d.cams = append(d.cams, &camera{cap: c, pipe: p})
+		cam := &camera{cap: c, pipe: p, metrics: d.metrics.Camera(cc.name)}
+		cam.score.set(math.NaN())
+		d.cams = append(d.cams, cam)
 	}
 	pc := cfg.publishConfig()
 	pc.StatsExtra = d.cameraStats
@@ -167,6 +184,8 @@ func (d *daemon) run(ctx context.Context) error {
 		"cameras", strings.Join(names, ","), "broker", d.cfg.MQTTBroker, "site", d.cfg.Site, "device", d.cfg.Device)
 	d.serveHTTP()
 	defer d.stopHTTP()
+	stopReloads := d.handleReloads()
+	defer stopReloads()
 	d.pub.Connect()
 
 	// The publisher runs until Close, not until ctx: it must outlive the
@@ -179,11 +198,21 @@ func (d *daemon) run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range d.cams {
+		now := time.Now().UnixNano()
+		c.beat.Store(now)
+		c.lastFrame.Store(now)
 		g.Go(func() error { return c.cap.Run(gctx) })
 		g.Go(func() error { return d.work(c) })
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
+
+	// Started: the model is loaded and the broker tried.
+	d.state.Store(stateRunning)
+	d.notify.Ready(d.statusLine(nil))
+	stopStatus := make(chan struct{})
+	go d.reportStatus(stopStatus)
+	defer close(stopStatus)
 
 	var err error
 	finished := false // the cameras and workers have returned
@@ -192,10 +221,12 @@ func (d *daemon) run(ctx context.Context) error {
 		finished = true
 		if err == nil && !d.cfg.ExitWhenDone {
 			d.log.Info("gnld: every source has ended; waiting for a signal (GNLD_EXIT_WHEN_DONE=false)")
-			<-ctx.Done()
+			d.idle(ctx)
 		}
 	case <-ctx.Done():
 	}
+	d.state.Store(stateStopping)
+	d.notify.Stopping("stopping: finishing frames in flight, publishing the spool")
 	deadline := time.Now().Add(d.cfg.ShutdownTimeout)
 	stopTimer := time.AfterFunc(d.cfg.ShutdownTimeout, giveUp)
 	defer stopTimer.Stop()
@@ -228,16 +259,53 @@ func (d *daemon) run(ctx context.Context) error {
 
 // work scores camera c's frames until its capture closes Frames. A frame
 // the pipeline refuses is counted and skipped; any other pipeline error is
-// fatal (the interpreter is broken) and stops gnld.
+// fatal (the interpreter is broken) and stops gnld. It beats (health.go)
+// after each frame and, while no frame comes, every liveWindow/2.
 func (d *daemon) work(c *camera) error {
-	for f := range c.cap.Frames() {
-		err := d.process(c, f)
-		f.Close()
-		if err != nil {
-			return err
+	defer c.done.Store(true)
+	tick := time.NewTicker(d.liveWindow() / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case f, ok := <-c.cap.Frames():
+			if !ok {
+				return nil
+			}
+			c.lastFrame.Store(time.Now().UnixNano())
+			if testStall != nil {
+				testStall(f.Camera)
+			}
+			err := d.process(c, f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		case <-tick.C:
+		}
+		d.beat(c)
+	}
+}
+
+// idle waits for ctx once every worker has finished (GNLD_EXIT_WHEN_DONE
+// false). With no inference left to vouch for it, it sends the
+// keep-alives itself.
+func (d *daemon) idle(ctx context.Context) {
+	d.notify.Status("every source has ended; waiting for a signal")
+	w := d.notify.WatchdogSec()
+	if w == 0 {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(w / 2)
+	defer t.Stop()
+	for {
+		d.notify.Watchdog()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
-	return nil
 }
 
 func (d *daemon) process(c *camera, f capture.Frame) error {
@@ -254,6 +322,10 @@ func (d *daemon) process(c *camera, f capture.Frame) error {
 	if res.Anomalous {
 		c.anomalous.Add(1)
 	}
+	total := time.Since(f.Time)
+	c.metrics.Observe(float64(res.Score), float64(res.Threshold), res.Timings.Normalize, res.Timings.Invoke, res.Timings.Post, total)
+	c.score.set(float64(res.Score))
+	c.lastAnomalous.Store(res.Anomalous)
 	m := d.bundle.Meta
 	r := publish.Result{
 		RunID: d.runID, Timestamp: f.Time.UTC(), Sequence: f.Seq, Camera: f.Camera, File: f.File,
@@ -261,7 +333,7 @@ func (d *daemon) process(c *camera, f capture.Frame) error {
 		Score: res.Score, Threshold: res.Threshold, Verdict: publish.Verdict(res.Anomalous),
 		LatencyMS: publish.Latency{
 			Normalize: ms(res.Timings.Normalize), Invoke: ms(res.Timings.Invoke), Post: ms(res.Timings.Post),
-			Total: ms(time.Since(f.Time)),
+			Total: ms(total),
 		},
 	}
 	d.log.Debug("frame", "camera", r.Camera, "seq", r.Sequence, "file", r.File, "score", r.Score,
@@ -285,3 +357,25 @@ func (d *daemon) process(c *camera, f capture.Frame) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// metricsCameras and metricsPublisher feed /metrics from the counters
+// that capture, the workers and the publisher keep.
+func (d *daemon) metricsCameras() map[string]metrics.CameraStats {
+	out := make(map[string]metrics.CameraStats, len(d.cams))
+	for _, c := range d.cams {
+		s := c.cap.Stats()
+		out[c.cap.Name()] = metrics.CameraStats{
+			Captured: s.Frames, Dropped: s.Dropped, Bad: s.Bad, Reconnects: s.Reconnects, Stalls: s.Stalls,
+			Scored: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
+		}
+	}
+	return out
+}
+
+func (d *daemon) metricsPublisher() metrics.PublisherStats {
+	s := d.pub.Stats()
+	return metrics.PublisherStats{
+		Connected: s.Connected, Published: s.Published, Spooled: s.Spooled, Replayed: s.Replayed,
+		SpoolLen: s.SpoolLen, SpoolDropped: s.SpoolDropped, MapsSkipped: s.MapsSkipped, Disconnects: s.Disconnects,
+	}
+}
