@@ -17,6 +17,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 
 	"gnld/capture"
+	"gnld/internal/httpserver"
 	"gnld/publish"
 )
 
@@ -68,9 +69,13 @@ type Config struct {
 	LogLevel        slog.Level    `split_words:"true" default:"info" doc_type:"Level" desc:"debug (one line per frame), info, warn or error."`
 	LogFormat       string        `split_words:"true" default:"text" desc:"text or json."`
 
+	HTTPAddr string `envconfig:"HTTP_ADDR" doc_type:"HOST:PORT" desc:"HTTP listener for /metrics, /healthz and /readyz; empty: off. A bare :PORT (or an empty host) listens on loopback 127.0.0.1 only; name a host (0.0.0.0:PORT, an interface's address) to be reachable from other machines."`
+
 	// Filled by loadConfig from GNLD_CAMERA_<NAME>_* variables, in the order
 	// of Cameras.
 	cameras []CameraConfig
+	// httpListen is HTTPAddr resolved (loopback for a bare :PORT); "": off.
+	httpListen string
 }
 
 // CameraConfig holds one camera's GNLD_CAMERA_<NAME>_* variables.
@@ -271,6 +276,11 @@ func validate(c *Config) error {
 	case (c.MQTTCertFile == "") != (c.MQTTKeyFile == ""):
 		return invalid("MQTT_KEY_FILE", c.MQTTKeyFile, "set together with GNLD_MQTT_CERT_FILE")
 	}
+	listen, _, err := httpserver.Resolve(c.HTTPAddr)
+	if err != nil {
+		return invalid("HTTP_ADDR", c.HTTPAddr, "HOST:PORT such as :9464 (loopback) or 0.0.0.0:9464, or empty (off)")
+	}
+	c.httpListen = listen
 	for i := range c.cameras {
 		cc := &c.cameras[i]
 		key := "CAMERA_" + strings.ToUpper(cc.name) + "_"

@@ -101,6 +101,7 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_TRIGGER_QUEUE": "0"}, `GNLD_TRIGGER_QUEUE="0": expected 1 or more`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_MODEL_WATCH": "-1s"}, `GNLD_MODEL_WATCH="-1s": expected 0 (off) or a duration`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CALIBRATON_DIR": "/c"}, "unknown environment variable GNLD_CALIBRATON_DIR"},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_HTTP_ADDR": "9464"}, `GNLD_HTTP_ADDR="9464": expected HOST:PORT such as :9464`},
 	} {
 		setEnv(t, tc.env)
 		var stdout, stderr bytes.Buffer

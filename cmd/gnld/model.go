@@ -162,6 +162,7 @@ func (d *daemon) reload(ctx context.Context) error {
 	}
 	d.bundle.Store(b)
 	m := b.Meta
+	d.metrics.SetModel(m.Name, m.Version, m.ModelSHA256)
 	d.log.Info("model: reloaded; each camera switches before its next frame", "from", serving.Version,
 		"name", m.Name, "version", m.Version, "sha256", m.ModelSHA256[:12], "thresholds", thresholds(d.cams, set),
 		"load_ms", ms(lt.load), "build_ms", ms(lt.build), "warmup_ms", ms(lt.warmup), "total_ms", ms(time.Since(t0)))
@@ -194,7 +195,7 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 			return
 		case <-hup:
 			d.log.Info("model: SIGHUP, reloading", "dir", d.cfg.ModelDir)
-			d.reload(ctx)
+			d.reloadNotified(ctx)
 		case <-tick:
 			fp := modelFingerprint(d.cfg.ModelDir)
 			d.reloadMu.Lock()
@@ -202,7 +203,7 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 			d.reloadMu.Unlock()
 			if changed && fp == last {
 				d.log.Info("model: GNLD_MODEL_DIR changed, reloading", "dir", d.cfg.ModelDir)
-				d.reload(ctx)
+				d.reloadNotified(ctx)
 			}
 			last = fp
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -19,6 +20,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"gnld/capture"
+	"gnld/internal/httpserver"
+	"gnld/internal/metrics"
+	"gnld/internal/sdnotify"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
@@ -76,11 +80,15 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 // daemon holds what run starts: one camera, scorer and counters per
 // camera, and one publisher.
 type daemon struct {
-	cfg   *Config
-	log   *slog.Logger
-	runID string
-	cams  []*camera
-	pub   *publish.Publisher
+	cfg     *Config
+	log     *slog.Logger
+	runID   string
+	cams    []*camera
+	pub     *publish.Publisher
+	http    *httpserver.Server // nil: GNLD_HTTP_ADDR is off
+	notify  *sdnotify.Notifier
+	metrics *metrics.Metrics
+	state   atomic.Int32 // stateStarting, stateRunning, stateStopping
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
 	busy bool
@@ -92,7 +100,7 @@ type daemon struct {
 
 // camera is one camera's capture, its model (used only by its worker
 // goroutine), its trigger queue in trigger mode and its counters (read by
-// the stats timer).
+// the stats timer, /metrics, STATUS).
 type camera struct {
 	name string
 	cap  *capture.Camera
@@ -100,8 +108,15 @@ type camera struct {
 	// made and the worker takes before its next frame.
 	serving, next atomic.Pointer[scorer]
 	trig          *triggerQueue // nil unless GNLD_CAMERA_<NAME>_TRIGGER=mqtt
+	metrics       *metrics.Camera
 
 	processed, anomalous, skipped, swaps atomic.Uint64
+
+	beat          atomic.Int64 // UnixNano of the worker's last beat (health.go)
+	lastFrame     atomic.Int64 // UnixNano at which the worker last got a frame
+	done          atomic.Bool  // the worker has returned
+	score         lastScore    // last score, for STATUS
+	lastAnomalous atomic.Bool
 }
 
 // cameraStats is one camera's part of the stats topic.
@@ -119,16 +134,19 @@ type cameraStats struct {
 // newDaemon loads the bundle and makes every part, so that a bad bundle,
 // calibration, camera or spool stops start-up before any frame is read.
 func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log, runID: time.Now().UTC().Format("20060102T150405.000000Z")}
+	d := &daemon{cfg: cfg, log: log, runID: time.Now().UTC().Format("20060102T150405.000000Z"), notify: sdnotify.New(log)}
 	d.loadedFP = modelFingerprint(cfg.ModelDir)
 	b, set, _, err := d.loadScorers()
 	if err != nil {
 		return nil, err
 	}
 	d.bundle.Store(b)
+	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher})
+	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
-		c := &camera{name: cc.name}
+		c := &camera{name: cc.name, metrics: d.metrics.Camera(cc.name)}
 		c.serving.Store(set[i])
+		c.score.set(math.NaN())
 		d.cams = append(d.cams, c)
 	}
 	for i, c := range d.cams {
@@ -149,6 +167,10 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 			d.pub.Subscribe(d.pub.Topic(c.name, "trigger"), c.trig.receive)
 		}
 	}
+	if err := d.listenHTTP(); err != nil {
+		d.close()
+		return nil, fmt.Errorf("GNLD_HTTP_ADDR=%s: %w", d.cfg.HTTPAddr, err)
+	}
 	return d, nil
 }
 
@@ -156,6 +178,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 func (d *daemon) model() *models.Bundle { return d.bundle.Load() }
 
 func (d *daemon) close() {
+	if d.http != nil {
+		d.http.Close()
+	}
 	if d.busy {
 		return // the process is about to exit anyway
 	}
@@ -198,6 +223,8 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	d.log.Info("gnld: starting", "run_id", d.runID, "model", m.Name, "version", m.Version,
 		"cameras", strings.Join(names, ","), "broker", d.cfg.MQTTBroker, "site", d.cfg.Site, "device", d.cfg.Device)
+	d.serveHTTP()
+	defer d.stopHTTP()
 	d.pub.Connect()
 
 	// The publisher runs until Close, not until ctx: it must outlive the
@@ -208,19 +235,30 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	pubDone := make(chan struct{})
 	go func() { d.pub.Run(hard); close(pubDone) }()
 
-	// Reloads (SIGHUP, GNLD_MODEL_WATCH) until the shutdown begins.
-	reloadCtx, stopReloads := context.WithCancel(ctx)
-	defer stopReloads()
-	reloadsDone := make(chan struct{})
-	go func() { d.reloads(reloadCtx, hup); close(reloadsDone) }()
-
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range d.cams {
+		now := time.Now().UnixNano()
+		c.beat.Store(now)
+		c.lastFrame.Store(now)
 		g.Go(func() error { return c.cap.Run(gctx) })
 		g.Go(func() error { return d.work(c) })
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
+
+	// Started: the model is loaded and the broker tried.
+	d.state.Store(stateRunning)
+	d.notify.Ready(d.statusLine(nil))
+	stopStatus := make(chan struct{})
+	go d.reportStatus(stopStatus)
+	defer close(stopStatus)
+
+	// Reloads (SIGHUP, GNLD_MODEL_WATCH), each between RELOADING=1 and
+	// READY=1, until the shutdown begins.
+	reloadCtx, stopReloads := context.WithCancel(ctx)
+	defer stopReloads()
+	reloadsDone := make(chan struct{})
+	go func() { d.reloads(reloadCtx, hup); close(reloadsDone) }()
 
 	var err error
 	finished := false // the cameras and workers have returned
@@ -229,11 +267,13 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 		finished = true
 		if err == nil && !d.cfg.ExitWhenDone {
 			d.log.Info("gnld: every source has ended; waiting for a signal (GNLD_EXIT_WHEN_DONE=false)")
-			<-ctx.Done()
+			d.idle(ctx)
 		}
 	case <-ctx.Done():
 	}
 	stopReloads()
+	d.state.Store(stateStopping)
+	d.notify.Stopping("stopping: finishing frames in flight, publishing the spool")
 	deadline := time.Now().Add(d.cfg.ShutdownTimeout)
 	stopTimer := time.AfterFunc(d.cfg.ShutdownTimeout, giveUp)
 	defer stopTimer.Stop()
@@ -268,19 +308,57 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 // work scores camera c's frames until its capture closes Frames: every
 // frame, or in trigger mode the first frame after each trigger. A frame
 // the pipeline refuses is counted and skipped; any other pipeline error
-// is fatal (the interpreter is broken) and stops gnld.
+// is fatal (the interpreter is broken) and stops gnld. It beats
+// (health.go) after each frame and, while no frame comes, every
+// liveWindow/2.
 func (d *daemon) work(c *camera) error {
+	defer c.done.Store(true)
 	if c.trig != nil {
 		return d.workTriggered(c)
 	}
-	for f := range c.cap.Frames() {
-		_, err := d.process(c, f, nil)
-		f.Close()
-		if err != nil {
-			return err
+	tick := time.NewTicker(d.liveWindow() / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case f, ok := <-c.cap.Frames():
+			if !ok {
+				return nil
+			}
+			c.lastFrame.Store(time.Now().UnixNano())
+			if testStall != nil {
+				testStall(f.Camera)
+			}
+			_, err := d.process(c, f, nil)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		case <-tick.C:
+		}
+		d.beat(c)
+	}
+}
+
+// idle waits for ctx once every worker has finished (GNLD_EXIT_WHEN_DONE
+// false). With no inference left to vouch for it, it sends the
+// keep-alives itself.
+func (d *daemon) idle(ctx context.Context) {
+	d.notify.Status("every source has ended; waiting for a signal")
+	w := d.notify.WatchdogSec()
+	if w == 0 {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(w / 2)
+	defer t.Stop()
+	for {
+		d.notify.Watchdog()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
-	return nil
 }
 
 // takeNext puts a scorer made by reload into service, between two
@@ -319,13 +397,17 @@ func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
 	if res.Anomalous {
 		c.anomalous.Add(1)
 	}
+	total := time.Since(f.Time)
+	c.metrics.Observe(float64(res.Score), float64(res.Threshold), res.Timings.Normalize, res.Timings.Invoke, res.Timings.Post, total)
+	c.score.set(float64(res.Score))
+	c.lastAnomalous.Store(res.Anomalous)
 	r := publish.Result{
 		RunID: d.runID, Timestamp: f.Time.UTC(), Sequence: f.Seq, Camera: f.Camera, File: f.File,
 		Model: s.model, Score: res.Score, Threshold: res.Threshold, ThresholdSource: s.thresholdSource,
 		Verdict: publish.Verdict(res.Anomalous),
 		LatencyMS: publish.Latency{
 			Normalize: ms(res.Timings.Normalize), Invoke: ms(res.Timings.Invoke), Post: ms(res.Timings.Post),
-			Total: ms(time.Since(f.Time)),
+			Total: ms(total),
 		},
 	}
 	if t != nil {
@@ -355,3 +437,25 @@ func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// metricsCameras and metricsPublisher feed /metrics from the counters
+// that capture, the workers and the publisher keep.
+func (d *daemon) metricsCameras() map[string]metrics.CameraStats {
+	out := make(map[string]metrics.CameraStats, len(d.cams))
+	for _, c := range d.cams {
+		s := c.cap.Stats()
+		out[c.name] = metrics.CameraStats{
+			Captured: s.Frames, Dropped: s.Dropped, Bad: s.Bad, Reconnects: s.Reconnects, Stalls: s.Stalls,
+			Scored: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
+		}
+	}
+	return out
+}
+
+func (d *daemon) metricsPublisher() metrics.PublisherStats {
+	s := d.pub.Stats()
+	return metrics.PublisherStats{
+		Connected: s.Connected, Published: s.Published, Spooled: s.Spooled, Replayed: s.Replayed,
+		SpoolLen: s.SpoolLen, SpoolDropped: s.SpoolDropped, MapsSkipped: s.MapsSkipped, Disconnects: s.Disconnects,
+	}
+}

@@ -208,11 +208,13 @@ func clip(p []byte) string {
 
 // workTriggered is work in trigger mode: for each trigger, in order, it
 // scores the first frame captured after the trigger arrived and closes
-// the frames before it unscored.
+// the frames before it unscored. It beats like work.
 func (d *daemon) workTriggered(c *camera) error {
 	q := c.trig
 	var cur *trigger // the trigger waiting for its frame
 	defer func() { q.stop(cur) }()
+	tick := time.NewTicker(d.liveWindow() / 2)
+	defer tick.Stop()
 	frames := c.cap.Frames()
 	for {
 		var next <-chan trigger // nil (never ready) while cur waits
@@ -225,11 +227,15 @@ func (d *daemon) workTriggered(c *camera) error {
 		case t := <-next:
 			cur = &t
 			continue
+		case <-tick.C:
+			d.beat(c)
+			continue
 		case f, ok = <-frames:
 		}
 		if !ok {
 			return nil
 		}
+		c.lastFrame.Store(time.Now().UnixNano())
 		if cur == nil { // a trigger may have come in with this frame
 			select {
 			case t := <-q.ch:
@@ -240,7 +246,11 @@ func (d *daemon) workTriggered(c *camera) error {
 		if cur == nil || f.Time.Before(cur.at) {
 			f.Close()
 			q.notScored.Add(1)
+			d.beat(c)
 			continue
+		}
+		if testStall != nil {
+			testStall(f.Camera)
 		}
 		scored, err := d.process(c, f, cur)
 		f.Close()
@@ -251,5 +261,6 @@ func (d *daemon) workTriggered(c *camera) error {
 			q.answered.Add(1)
 			cur = nil
 		}
+		d.beat(c)
 	}
 }

@@ -1,0 +1,232 @@
+// Package metrics is gnld's Prometheus metrics, on a registry of its own
+// (never the global one), served by Handler on GNLD_HTTP_ADDR/metrics.
+//
+// Two kinds of metrics:
+//
+//   - Observed per frame: the daemon's worker calls Camera.Observe after
+//     each scored frame (stage latencies, score, verdict). Camera handles
+//     are safe for concurrent use; each worker holds its own.
+//   - Read at scrape time: counters that capture and publish already keep
+//     (frames, drops, bad frames, reconnects, spool, MQTT state) are read
+//     through the functions in Sources, so that the stats topic and
+//     /metrics can never disagree.
+//
+// SetModel names the model in force (gnld_model_info); call it again after
+// a model swap.
+package metrics
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// CameraStats are one camera's counters, read at each scrape.
+type CameraStats struct {
+	Captured   uint64 // frames capture handed to the pipeline
+	Dropped    uint64 // live frames replaced by a newer one before the pipeline took them
+	Bad        uint64 // frames capture refused (empty, wrong size, ROI outside)
+	Reconnects uint64 // source connections that failed or ended unexpectedly
+	Stalls     uint64 // of those, connections the capture watchdog abandoned
+	Scored     uint64 // frames the model scored
+	Anomalous  uint64 // of those, anomalous
+	Skipped    uint64 // frames the pipeline refused
+}
+
+// PublisherStats are the MQTT publisher's counters, read at each scrape.
+type PublisherStats struct {
+	Connected    bool
+	Published    uint64
+	Spooled      uint64
+	Replayed     uint64
+	SpoolLen     int
+	SpoolDropped uint64
+	MapsSkipped  uint64
+	Disconnects  uint64
+}
+
+// Sources are read at each scrape; both must be goroutine-safe.
+type Sources struct {
+	Cameras   func() map[string]CameraStats
+	Publisher func() PublisherStats
+}
+
+// Stages are the stage label values of gnld_stage_duration_seconds.
+var Stages = []string{"normalize", "invoke", "post", "total"}
+
+// Metrics holds the registry and the per-frame metrics.
+type Metrics struct {
+	reg    *prometheus.Registry
+	stage  *prometheus.HistogramVec
+	ratio  *prometheus.HistogramVec
+	score  *prometheus.GaugeVec
+	thresh *prometheus.GaugeVec
+	last   *prometheus.GaugeVec
+
+	mu    sync.Mutex // serialises SetModel
+	model *prometheus.GaugeVec
+}
+
+// New makes the registry with gnld's metrics, the Go runtime's and the
+// process's (RSS, CPU, open files).
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		stage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gnld_stage_duration_seconds",
+			Help: "Time per frame in each stage: normalize, invoke (the model), post (map and score), total (capture to result).",
+			// 0.5 ms .. 4 s
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"camera", "stage"}),
+		ratio: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gnld_score_ratio",
+			Help:    "Anomaly score divided by the threshold in force: 1 is the threshold, >= 1 is anomalous. Model-independent, so buckets survive a model swap.",
+			Buckets: []float64{0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5},
+		}, []string{"camera"}),
+		score: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gnld_score", Help: "Anomaly score of the camera's last scored frame.",
+		}, []string{"camera"}),
+		thresh: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gnld_threshold", Help: "Anomaly threshold the camera's last frame was compared with.",
+		}, []string{"camera"}),
+		last: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gnld_last_result_timestamp_seconds", Help: "Unix time at which the camera's last result was made.",
+		}, []string{"camera"}),
+		model: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gnld_model_info", Help: "The model bundle in force (value 1): name, version and SHA-256 of model.tflite.",
+		}, []string{"name", "version", "sha256"}),
+	}
+	m.reg.MustRegister(m.stage, m.ratio, m.score, m.thresh, m.last, m.model, newCollector(src),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is the registry, for features that add metrics of their own.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// SetModel replaces gnld_model_info with the model in force.
+func (m *Metrics) SetModel(name, version, sha256 string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.model.Reset()
+	m.model.WithLabelValues(name, version, sha256).Set(1)
+}
+
+// Camera is one camera's per-frame metrics.
+type Camera struct {
+	stage               [4]prometheus.Observer // in the order of Stages
+	ratio               prometheus.Observer
+	score, thresh, last prometheus.Gauge
+}
+
+// Camera returns the handle for camera name; its series exist (at 0) from
+// now on, before the first frame.
+func (m *Metrics) Camera(name string) *Camera {
+	c := &Camera{
+		ratio: m.ratio.WithLabelValues(name), score: m.score.WithLabelValues(name),
+		thresh: m.thresh.WithLabelValues(name), last: m.last.WithLabelValues(name),
+	}
+	for i, s := range Stages {
+		c.stage[i] = m.stage.WithLabelValues(name, s)
+	}
+	return c
+}
+
+// Observe records one scored frame.
+func (c *Camera) Observe(score, threshold float64, normalize, invoke, post, total time.Duration) {
+	for i, d := range [4]time.Duration{normalize, invoke, post, total} {
+		c.stage[i].Observe(d.Seconds())
+	}
+	if threshold > 0 {
+		c.ratio.Observe(score / threshold)
+	}
+	c.score.Set(score)
+	c.thresh.Set(threshold)
+	c.last.Set(float64(time.Now().UnixNano()) / 1e9)
+}
+
+// collector reads the counters of capture, the pipeline and the publisher
+// at scrape time.
+type collector struct {
+	src                                   Sources
+	captured, dropped, bad, reconnects    *prometheus.Desc
+	stalls, scored, anomalies, skipped    *prometheus.Desc
+	connected, disconnects, published     *prometheus.Desc
+	spooled, replayed, spoolLen, spoolDrp *prometheus.Desc
+	mapsSkipped                           *prometheus.Desc
+}
+
+func newCollector(src Sources) *collector {
+	cam := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, []string{"camera"}, nil)
+	}
+	one := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &collector{
+		src:         src,
+		captured:    cam("gnld_frames_captured_total", "Frames the camera handed to the pipeline."),
+		dropped:     cam("gnld_frames_dropped_total", "Live frames replaced by a newer one before the pipeline took them (model slower than the camera)."),
+		bad:         cam("gnld_frames_bad_total", "Frames capture refused: empty, not 8-bit colour, size changed, ROI outside the frame."),
+		skipped:     cam("gnld_frames_skipped_total", "Frames the pipeline refused."),
+		scored:      cam("gnld_frames_scored_total", "Frames the model scored (one result each)."),
+		anomalies:   cam("gnld_anomalies_total", "Scored frames with score >= threshold."),
+		reconnects:  cam("gnld_source_reconnects_total", "Source connections that failed or ended unexpectedly and were reopened."),
+		stalls:      cam("gnld_source_stalls_total", "Source connections abandoned by the capture watchdog (no frame for GNLD_READ_TIMEOUT)."),
+		connected:   one("gnld_mqtt_connected", "1 while the MQTT connection is up, else 0."),
+		disconnects: one("gnld_mqtt_disconnects_total", "MQTT connections lost."),
+		published:   one("gnld_results_published_total", "Results the broker acknowledged (QoS 0: sent), replayed ones included."),
+		spooled:     one("gnld_results_spooled_total", "Results written to the on-disk spool (broker away or slow)."),
+		replayed:    one("gnld_results_replayed_total", "Spooled results published later."),
+		spoolLen:    one("gnld_spool_length", "Results waiting in the spool now."),
+		spoolDrp:    one("gnld_spool_dropped_total", "Results lost: spool full (oldest first) or not writable."),
+		mapsSkipped: one("gnld_maps_skipped_total", "Anomaly maps not sent because the broker was away."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.captured, c.dropped, c.bad, c.skipped, c.scored, c.anomalies, c.reconnects, c.stalls,
+		c.connected, c.disconnects, c.published, c.spooled, c.replayed, c.spoolLen, c.spoolDrp, c.mapsSkipped} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	if c.src.Cameras != nil {
+		for name, s := range c.src.Cameras() {
+			counter(c.captured, s.Captured, name)
+			counter(c.dropped, s.Dropped, name)
+			counter(c.bad, s.Bad, name)
+			counter(c.skipped, s.Skipped, name)
+			counter(c.scored, s.Scored, name)
+			counter(c.anomalies, s.Anomalous, name)
+			counter(c.reconnects, s.Reconnects, name)
+			counter(c.stalls, s.Stalls, name)
+		}
+	}
+	if c.src.Publisher != nil {
+		p := c.src.Publisher()
+		up := 0.0
+		if p.Connected {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, up)
+		counter(c.disconnects, p.Disconnects)
+		counter(c.published, p.Published)
+		counter(c.spooled, p.Spooled)
+		counter(c.replayed, p.Replayed)
+		ch <- prometheus.MustNewConstMetric(c.spoolLen, prometheus.GaugeValue, float64(p.SpoolLen))
+		counter(c.spoolDrp, p.SpoolDropped)
+		counter(c.mapsSkipped, p.MapsSkipped)
+	}
+}
