@@ -7,6 +7,7 @@
 #   make test     all tests, Go and Python
 #   make bench    per-stage latency, RSS, Go vs Python pipeline
 #   make model    retrain the default bundle in models/default from MTD
+#   make deb      the Debian package, out/gnld_<version>_<arch>.deb
 
 SHELL := /bin/bash
 MTD ?= $(abspath ../shared/data/mtd)
@@ -17,7 +18,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py bench eval model lint clean-bin
+TARGETS := build run test test-go test-py bench eval model deb lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -63,8 +64,13 @@ model:
 	$(PY) -m gnl fit --data $(MTD) --out out/model
 	cp out/model/model.tflite out/model/model.json out/model/train.json out/model/calibration.json models/default/
 
+# Binaries, unit, default bundle, /etc/gnld/gnld.env and the gnld user;
+# Depends computed by dpkg-shlibdeps (tools/mkdeb).
+deb: build
+	tools/mkdeb out
+
 lint:
-	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration)"; \
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging)"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
