@@ -18,7 +18,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py bench eval model deb lint clean-bin
+TARGETS := build run test test-go test-py bench eval model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -28,6 +28,12 @@ setup:
 	tools/sidroot run $(MAKE) --no-print-directory build
 $(TARGETS):
 	tools/sidroot run $(MAKE) --no-print-directory $@
+# The package version comes from git, which a worktree cannot reach from
+# inside the root.
+.PHONY: deb
+deb:
+	tools/sidroot run $(MAKE) --no-print-directory deb \
+	  VERSION=$(or $(VERSION),$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null | sed 's/^/0~/'))
 else
 # ---- native side ---------------------------------------------------------
 GO ?= go
@@ -66,8 +72,9 @@ model:
 
 # Binaries, unit, default bundle, /etc/gnld/gnld.env and the gnld user;
 # Depends computed by dpkg-shlibdeps (tools/mkdeb).
+.PHONY: deb
 deb: build
-	tools/mkdeb out
+	VERSION="$(VERSION)" tools/mkdeb out
 
 lint:
 	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging)"; \
