@@ -257,7 +257,7 @@ func underSystemd(t *testing.T, dir string, imgs []string) {
 
 	// Reload: SIGHUP through ExecReload; gnld stays up, same process.
 	s.must("systemctl", "reload", "gnld")
-	waitJournal(t, s, "gnld: reload requested (SIGHUP)")
+	waitJournal(t, s, "model: SIGHUP, reloading")
 	if q := s.show("gnld", "ActiveState", "MainPID", "NRestarts"); q["ActiveState"] != "active" || q["MainPID"] != p["MainPID"] || q["NRestarts"] != "0" {
 		t.Errorf("after reload: %v, want the same process, active", q)
 	}
