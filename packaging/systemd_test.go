@@ -226,7 +226,7 @@ func underSystemd(t *testing.T, dir string, imgs []string) {
 	if err := os.WriteFile(filepath.Join(upper, "etc/gnld/gnld.env"), []byte(env), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	const watchdog = 4 * time.Second
+	const watchdog = 6 * time.Second
 	os.MkdirAll(filepath.Join(upper, "etc/systemd/system/gnld.service.d"), 0o755)
 	os.WriteFile(filepath.Join(upper, "etc/systemd/system/gnld.service.d/test.conf"),
 		[]byte(fmt.Sprintf("[Service]\nWatchdogSec=%s\nRestartSec=1s\n", watchdog)), 0o644)
@@ -238,7 +238,7 @@ func underSystemd(t *testing.T, dir string, imgs []string) {
 	p := s.show("gnld", "ActiveState", "SubState", "Type", "NotifyAccess", "StatusText", "WatchdogUSec", "MainPID", "User", "NRestarts")
 	if p["ActiveState"] != "active" || p["SubState"] != "running" || p["Type"] != "notify" || p["NotifyAccess"] != "main" ||
 		!regexp.MustCompile(`^bench: .*; mqtt connected, spool \d+$`).MatchString(p["StatusText"]) ||
-		p["WatchdogUSec"] != "4s" || p["User"] != "gnld" {
+		p["WatchdogUSec"] != "6s" || p["User"] != "gnld" {
 		t.Errorf("after start: %v\njournal:\n%s", p, s.journal())
 	}
 	if uid := s.must("stat", "-c", "%U", "/proc/"+p["MainPID"]); strings.TrimSpace(uid) != "gnld" {
@@ -278,7 +278,7 @@ func underSystemd(t *testing.T, dir string, imgs []string) {
 	}
 	t.Logf("hung at +0; restarted and READY again %s later (WatchdogSec=%s, RestartSec=1s)", time.Since(stopped).Round(100*time.Millisecond), watchdog)
 	j := s.journal()
-	for _, want := range []string{"gnld.service: Watchdog timeout (limit 4s)!", "SIGABRT: abort", "goroutine ", "gnld.service: Failed with result 'watchdog'."} {
+	for _, want := range []string{"gnld.service: Watchdog timeout (limit 6s)!", "SIGABRT: abort", "goroutine ", "gnld.service: Failed with result 'watchdog'."} {
 		if !strings.Contains(j, want) {
 			t.Errorf("journal lacks %q:\n%s", want, j)
 		}

@@ -20,6 +20,33 @@ import (
 // systemd restarts gnld within WatchdogSec (or WatchdogSec + liveWindow
 // when other cameras are still working).
 
+// keepAliveWhileStopping sends the keep-alives itself from the start of
+// the shutdown until the returned stop is called: systemd keeps the
+// watchdog armed while a service stops, the workers stop beating once
+// their cameras have stopped, and the shutdown (waiting for the broker to
+// take the spool) may last GNLD_SHUTDOWN_TIMEOUT and more. gnld's own
+// shutdown deadline, not the watchdog, bounds it.
+func (d *daemon) keepAliveWhileStopping() (stop func()) {
+	w := d.notify.WatchdogSec()
+	if w == 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(w / 4)
+		defer t.Stop()
+		for {
+			d.notify.Watchdog()
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // testStall, set only by tests, is called by a worker before it scores
 // each frame; a test makes it block to stall inference.
 var testStall func(camera string)

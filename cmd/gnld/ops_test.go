@@ -303,6 +303,7 @@ func TestNotifyWatchdogStall(t *testing.T) {
 	env := baseEnv(t, b.URL(), map[string]string{
 		"GNLD_CAMERAS": "a=dir:" + dir + ",b=dir:" + dir, "GNLD_HTTP_ADDR": fmt.Sprintf(":%d", port), "GNLD_LOG_LEVEL": "info",
 		"GNLD_CAMERA_A_LOOP": "true", "GNLD_CAMERA_A_FPS": "20", "GNLD_CAMERA_B_LOOP": "true", "GNLD_CAMERA_B_FPS": "20",
+		"GNLD_SHUTDOWN_TIMEOUT": fmt.Sprint(2 * watchdog),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -395,12 +396,36 @@ func TestNotifyWatchdogStall(t *testing.T) {
 	if code, _ := get(t, base+"/healthz"); code != 200 {
 		t.Errorf("/healthz after the stall: %d", code)
 	}
+
+	// A slow shutdown: the broker is away with results in the spool, so
+	// gnld waits GNLD_SHUTDOWN_TIMEOUT (2 x WatchdogSec) for it. systemd
+	// keeps the watchdog armed while a service stops: keep-alives go on
+	// until gnld exits.
+	b.Stop()
+	waitFor(t, 5*time.Second, "results in the spool", func() bool {
+		return metric(scrape(t, base), "gnld_spool_length") > 0
+	})
 	cancel()
 	<-done
+	exited := time.Now()
 	stopped = true
-	if s := sock.with("STOPPING=1"); len(s) != 1 {
-		t.Errorf("%d STOPPING=1, want 1", len(s))
+	stopping := sock.with("STOPPING=1")
+	if len(stopping) != 1 {
+		t.Fatalf("%d STOPPING=1, want 1", len(stopping))
 	}
+	last := stopping[0].at
+	for _, p := range sock.with("WATCHDOG=1") {
+		if p.at.After(stopping[0].at) {
+			if gap := p.at.Sub(last); gap >= watchdog {
+				t.Errorf("while stopping, keep-alives %s apart (WatchdogSec %s)", gap, watchdog)
+			}
+			last = p.at
+		}
+	}
+	if gap := exited.Sub(last); gap >= watchdog {
+		t.Errorf("last keep-alive %s before gnld exited (WatchdogSec %s)", gap, watchdog)
+	}
+	t.Logf("shutdown took %s; keep-alives until %s before exit", exited.Sub(stopping[0].at).Round(time.Millisecond), exited.Sub(last).Round(time.Millisecond))
 }
 
 // The real binary under a real NOTIFY_SOCKET, as systemd runs it: with the
@@ -430,7 +455,8 @@ func TestBinaryNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, 10*time.Second, "READY=1", func() bool { return len(sock.with("READY=1")) > 0 })
+	// Generous: the binary starts slowly on a loaded machine.
+	waitFor(t, 30*time.Second, "READY=1", func() bool { return len(sock.with("READY=1")) > 0 })
 	ready := sock.with("READY=1")[0]
 	if wait := ready.at.Sub(start); wait < time.Second || !strings.Contains(ready.text, "mqtt NOT connected") {
 		t.Errorf("READY=1 %s after start (%q); want it after the 1s broker try, saying the broker is away", wait, ready.text)

@@ -274,6 +274,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	stopReloads()
 	d.state.Store(stateStopping)
 	d.notify.Stopping("stopping: finishing frames in flight, publishing the spool")
+	defer d.keepAliveWhileStopping()()
 	deadline := time.Now().Add(d.cfg.ShutdownTimeout)
 	stopTimer := time.AfterFunc(d.cfg.ShutdownTimeout, giveUp)
 	defer stopTimer.Stop()
