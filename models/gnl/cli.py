@@ -5,6 +5,7 @@
     gnl export  --checkpoint CKPT --out BUNDLE_DIR             int8 TFLite bundle (gnl/export.py)
     gnl predict IMAGE... --model BUNDLE_DIR --out DIR          heatmap PNGs (gnl/predict.py)
     gnl teacher-check --data DIR                               pretrained vs random teacher (gnl/teacher.py)
+    gnl drift-stats --data DIR --bundle BUNDLE_DIR             training-image statistics for drift (gnl/drift.py)
 
 Each verb lives in its own module, which defines
 `add_arguments(parser)` and `run(args) -> int`. Modules load lazily so that
@@ -23,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("gnl.export", "export a checkpoint to an int8 TFLite bundle"),
     "predict": ("gnl.predict", "write heatmap PNGs for images"),
     "teacher-check": ("gnl.teacher", "show the teacher is pretrained: kNN AUROC vs random weights"),
+    "drift-stats": ("gnl.drift", "write the training images' statistics into a bundle (drift.json)"),
 }
 
 
