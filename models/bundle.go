@@ -33,6 +33,9 @@ type Bundle struct {
 	Dir       string
 	Meta      Meta
 	ModelPath string // Dir joined with Meta.ModelFile
+	// Drift is the training images' statistics (drift.json); nil when the
+	// bundle has none, and gnld's drift monitor is then off.
+	Drift *Drift
 }
 
 // Meta mirrors model.json (BUNDLE.md). Keys gnld does not use are kept in
@@ -154,6 +157,9 @@ func Load(dir string) (*Bundle, error) {
 	}
 	b.ModelPath = filepath.Join(dir, b.Meta.ModelFile)
 	if err := checkModel(b.ModelPath, b.Meta.ModelSHA256); err != nil {
+		return nil, err
+	}
+	if b.Drift, err = loadDrift(dir); err != nil {
 		return nil, err
 	}
 	return b, nil
