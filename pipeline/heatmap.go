@@ -7,21 +7,22 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// Colour scale of heatmaps and 8-bit maps: 0 at score 0, mid-scale at the
-// threshold, full scale at twice the threshold, so that colours mean the
-// same across frames and cameras with the same threshold.
-func (p *Pipeline) to8(v float32) byte {
-	x := v / (2 * p.threshold) * 255
-	return byte(min(max(x+0.5, 0), 255))
+// MapTo8 writes map m into dst (same length) on the colour scale of
+// heatmaps and 8-bit maps: 0 at score 0, mid-scale at the threshold, full
+// scale at twice the threshold, so that colours mean the same across
+// frames and cameras with the same threshold.
+func MapTo8(dst []byte, m []float32, threshold float32) {
+	for i, v := range m {
+		x := v / (2 * threshold) * 255
+		dst[i] = byte(min(max(x+0.5, 0), 255))
+	}
 }
 
 // RawMap8 is res.Map as 8 bits per pixel (MapW x MapH, row-major) on the
 // heatmap colour scale. It reuses one buffer: valid until the next call.
 func (p *Pipeline) RawMap8(res Result) []byte {
 	out := p.map8[:len(res.Map)]
-	for i, v := range res.Map {
-		out[i] = p.to8(v)
-	}
+	MapTo8(out, res.Map, p.threshold)
 	return out
 }
 
