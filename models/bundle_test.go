@@ -114,3 +114,55 @@ func TestLoadNoBundle(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// drift.json is optional: without it Drift is nil. The default bundle has
+// one; a broken one is an error naming the file and the fix.
+func TestLoadDrift(t *testing.T) {
+	if b, err := Load(tiny); err != nil || b.Drift != nil {
+		t.Fatalf("tiny bundle (no drift.json): %v, drift %v", err, b.Drift)
+	}
+	b, err := Load("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Drift == nil || b.Drift.Images < 2 || len(b.Drift.Thumbnails) != b.Drift.Images {
+		t.Fatalf("default bundle: drift %+v", b.Drift)
+	}
+	for _, name := range append(DriftImageFeatures, DriftScore) {
+		if f := b.Drift.Features[name]; !(f.Scale > 0) || f.Count < 2 {
+			t.Errorf("default drift.json %s: %+v", name, f)
+		}
+	}
+	good, err := os.ReadFile(filepath.Join("default", DriftFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		edit func(map[string]any)
+		want string
+	}{
+		{func(m map[string]any) { m["format_version"] = 9 }, "format_version is 9"},
+		{func(m map[string]any) { delete(m["features"].(map[string]any), "sharpness") }, "features.sharpness missing"},
+		{func(m map[string]any) { m["thumbnails"].([]any)[3] = "zz" }, "thumbnails[3]"},
+		{func(m map[string]any) {
+			m["features"].(map[string]any)["layout"].(map[string]any)["scale"] = 0
+		}, "features.layout.scale is 0"},
+		{func(m map[string]any) { m["orientation_mean"] = []any{1.0} }, "orientation_mean has 1 values"},
+		{nil, "not valid drift statistics"},
+	} {
+		dir := copyBundle(t, nil, nil)
+		data := []byte("{not json")
+		if c.edit != nil {
+			var m map[string]any
+			json.Unmarshal(good, &m)
+			c.edit(m)
+			data, _ = json.Marshal(m)
+		}
+		os.WriteFile(filepath.Join(dir, DriftFile), data, 0o644)
+		_, err := Load(dir)
+		if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, DriftFile)+": ") ||
+			!strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "gnl drift-stats") {
+			t.Errorf("got %v, want an error naming %s, %q and the fix", err, DriftFile, c.want)
+		}
+	}
+}

@@ -15,7 +15,7 @@ and its grey version (cvtColor BGR2GRAY):
 
 - brightness: mean grey / 255
 - contrast: standard deviation of grey / 255
-- black_level: the 1st percentile of grey / 255 (a veiling light or a
+- black_level: the 0.5th percentile of grey / 255 (a veiling light or a
   raised offset lifts it while the mean may stay within the normal range)
 - sharpness: log10(1 + variance of the Laplacian of grey) (ksize 1)
 - colour_rg, colour_bg: (mean R - mean G) / 255, (mean B - mean G) / 255
@@ -55,7 +55,7 @@ DRIFT_FILE = "drift.json"
 ANALYSIS_SIZE = 128
 THUMB_SIZE = 8
 ORIENTATION_BINS = 8
-BLACK_PERCENTILE = 0.01
+BLACK_PERCENTILE = 0.005
 QUANTILES = (0.005, 0.05, 0.16, 0.5, 0.84, 0.95, 0.995)
 
 # Features in drift.json order. Two-sided: both directions are drift;
