@@ -127,11 +127,15 @@ func (m *Monitor) Close() { m.ext.Close() }
 // Status is the latest state; safe from any goroutine.
 func (m *Monitor) Status() Status { return *m.status.Load() }
 
+// Due reports whether the next Observe measures its frame.
+func (m *Monitor) Due() bool { return m.frames%uint64(m.cfg.Every) == 0 }
+
 // Observe takes one scored frame. Only every Nth frame is measured (a few
 // hundred microseconds on the small copy); the others cost a counter.
 func (m *Monitor) Observe(frame gocv.Mat, score float32) error {
+	due := m.Due()
 	m.frames++
-	if (m.frames-1)%uint64(m.cfg.Every) != 0 {
+	if !due {
 		return nil
 	}
 	f, err := m.ext.Features(frame)
