@@ -98,6 +98,8 @@ type Publisher struct {
 	kick   chan struct{} // asks Run to replay the spool (after a connect)
 	start  time.Time
 
+	statsNow chan struct{} // asks Run for a stats message now (StatsNow)
+
 	published, spooled, replayed, mapsSkipped, disconnects atomic.Uint64
 
 	mu          sync.Mutex // guards the outage bookkeeping below (paho's goroutines)
@@ -137,7 +139,7 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		log.Info("spool: results from an earlier run will be published", "dir", cfg.SpoolDir, "count", n)
 	}
 	p := &Publisher{
-		cfg: cfg, log: log, spool: sp,
+		cfg: cfg, log: log, spool: sp, statsNow: make(chan struct{}, 1),
 		queue: make(chan queued, 64),
 		kick:  make(chan struct{}, 1),
 		start: time.Now(),
@@ -328,7 +330,21 @@ func (p *Publisher) Run(hard context.Context) {
 			p.replay(hard, replayBatch)
 		case <-stats:
 			p.sendStats(hard)
+		case <-p.statsNow:
+			if p.cfg.StatsInterval > 0 {
+				p.sendStats(hard)
+			}
 		}
+	}
+}
+
+// StatsNow asks Run to publish a stats message soon, besides the timer
+// (gnld does on a change of drift state). It never blocks; requests made
+// while one is pending merge. With the stats topic off it does nothing.
+func (p *Publisher) StatsNow() {
+	select {
+	case p.statsNow <- struct{}{}:
+	default:
 	}
 }
 

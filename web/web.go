@@ -61,8 +61,9 @@ type Options struct {
 	Grace time.Duration
 }
 
-// DriftSource gives a camera's drift state (drift.Monitor does).
-type DriftSource interface{ Status() drift.Status }
+// DriftSource gives a camera's drift state now, nil while its drift
+// monitor is off. Called from the HTTP handlers' goroutines.
+type DriftSource func() *drift.Status
 
 // Hub serves the page and holds every camera's live state.
 type Hub struct {
@@ -107,7 +108,7 @@ func (h *Hub) Close() { h.closing.Do(func() { close(h.done) }) }
 // SetModel names a new model in service (after a model swap).
 func (h *Hub) SetModel(m Model) { h.model.Store(&m) }
 
-// Camera adds a camera; drift may be nil (drift monitor off). Call it
+// Camera adds a camera; drift may be nil (no drift monitor). Call it
 // before Register.
 func (h *Hub) Camera(name string, drift DriftSource) *Camera {
 	c := &Camera{hub: h, name: name, drift: drift, hist: newHistory(int(h.opt.History / time.Second))}
@@ -270,6 +271,7 @@ type State struct {
 // "camera" event (whose History has only the buckets since the last one).
 type CameraState struct {
 	Name      string        `json:"name"`
+	Now       float64       `json:"now"` // gnld's clock, Unix seconds: the page plots against it
 	Seq       uint64        `json:"seq"` // last scored frame; 0: none yet
 	Time      *time.Time    `json:"time,omitempty"`
 	Score     float64       `json:"score"`
@@ -285,7 +287,7 @@ type CameraState struct {
 func (c *Camera) state(from int64) CameraState {
 	c.mu.Lock()
 	s := CameraState{
-		Name: c.name, Seq: c.seq, Score: round4(c.score), Threshold: round4(c.threshold),
+		Name: c.name, Now: float64(time.Now().UnixMilli()) / 1000, Seq: c.seq, Score: round4(c.score), Threshold: round4(c.threshold),
 		Normal: c.normal, Anomalous: c.anomalies, History: c.hist.since(from),
 	}
 	if c.seq > 0 {
@@ -301,8 +303,7 @@ func (c *Camera) state(from int64) CameraState {
 		s.FrameSeq = snap.seq
 	}
 	if c.drift != nil {
-		st := c.drift.Status()
-		s.Drift = &st
+		s.Drift = c.drift()
 	}
 	return s
 }

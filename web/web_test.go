@@ -53,10 +53,6 @@ func frames(t testing.TB) (*pipeline.Pipeline, []gocv.Mat) {
 	return p, out
 }
 
-type fixedDrift struct{ s drift.Status }
-
-func (f fixedDrift) Status() drift.Status { return f.s }
-
 // Without a browser, Observe records the score and nothing else: no
 // allocation, no frame kept.
 func TestObserveUnwatchedCostsNothing(t *testing.T) {
@@ -142,7 +138,7 @@ func TestPageOverHTTP(t *testing.T) {
 	p, imgs := frames(t)
 	h := New(Model{Name: "gnl-test", Version: "v7"}, Options{Device: "dev1", Site: "plant", Tick: 20 * time.Millisecond, FrameEvery: time.Millisecond})
 	warn := drift.Status{State: drift.Warning, Score: 4.2, Feature: "sharpness", Hint: "blurrier"}
-	line1 := h.Camera("line1", fixedDrift{warn})
+	line1 := h.Camera("line1", func() *drift.Status { return &warn })
 	h.Camera("line2", nil)
 	mux := http.NewServeMux()
 	h.Register(mux)

@@ -20,6 +20,9 @@ func (d *daemon) routes(mux *http.ServeMux) {
 	mux.Handle("GET /metrics", d.metrics.Handler())
 	mux.HandleFunc("GET /healthz", d.healthz)
 	mux.HandleFunc("GET /readyz", d.readyz)
+	if d.page != nil {
+		d.page.Register(mux) // the technicians' page: / and /api/ (page.go)
+	}
 }
 
 // listenHTTP opens the listener when GNLD_HTTP_ADDR is set, so that a
@@ -47,6 +50,9 @@ func (d *daemon) serveHTTP() {
 func (d *daemon) stopHTTP() {
 	if d.http == nil {
 		return
+	}
+	if d.page != nil {
+		d.page.Close() // ends the page's event streams
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -13,6 +13,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"gnld/calibration"
+	"gnld/drift"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
@@ -32,11 +33,18 @@ type scorer struct {
 	pipe            *pipeline.Pipeline
 	model           publish.Model
 	thresholdSource string
+	// drift compares the frames with this bundle's training images
+	// (page.go); nil when the bundle has no drift.json or the monitor is
+	// off. A new model brings a new monitor, which starts measuring afresh.
+	drift *drift.Monitor
 }
 
 func (s *scorer) close() {
 	if s != nil {
 		s.pipe.Close()
+		if s.drift != nil {
+			s.drift.Close()
+		}
 	}
 }
 
@@ -56,6 +64,7 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 		return nil, nil, lt, fmt.Errorf("model bundle (GNLD_MODEL_DIR=%s): %w", d.cfg.ModelDir, err)
 	}
 	lt.load = time.Since(t0)
+	d.logDrift(b)
 	var out []*scorer
 	fail := func(err error) (*models.Bundle, []*scorer, loadTimes, error) {
 		for _, s := range out {
@@ -94,6 +103,10 @@ func (d *daemon) newScorer(b *models.Bundle, cc CameraConfig) (*scorer, error) {
 	}
 	m := b.Meta
 	s := &scorer{pipe: p, model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, thresholdSource: fromBundle}
+	if s.drift, err = d.newDrift(b, cc.name); err != nil {
+		p.Close()
+		return nil, err
+	}
 	switch {
 	case cc.Threshold != nil:
 		p.SetThreshold(float32(*cc.Threshold))

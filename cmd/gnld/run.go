@@ -20,12 +20,14 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"gnld/capture"
+	"gnld/drift"
 	"gnld/internal/httpserver"
 	"gnld/internal/metrics"
 	"gnld/internal/sdnotify"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
+	"gnld/web"
 )
 
 // run is gnld: it returns when ctx is cancelled (SIGINT, SIGTERM) and the
@@ -88,6 +90,7 @@ type daemon struct {
 	http    *httpserver.Server // nil: GNLD_HTTP_ADDR is off
 	notify  *sdnotify.Notifier
 	metrics *metrics.Metrics
+	page    *web.Hub     // nil: GNLD_HTTP_ADDR is off
 	state   atomic.Int32 // stateStarting, stateRunning, stateStopping
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
@@ -109,6 +112,7 @@ type camera struct {
 	serving, next atomic.Pointer[scorer]
 	trig          *triggerQueue // nil unless GNLD_CAMERA_<NAME>_TRIGGER=mqtt
 	metrics       *metrics.Camera
+	page          *web.Camera // nil: no page
 
 	processed, anomalous, skipped, swaps atomic.Uint64
 
@@ -129,6 +133,7 @@ type cameraStats struct {
 	ThresholdSource string        `json:"threshold_source"`
 	Swaps           uint64        `json:"model_swaps"` // reloads this camera's worker has taken
 	Trigger         *triggerStats `json:"trigger,omitempty"`
+	Drift           *drift.Status `json:"drift,omitempty"` // absent: drift monitor off
 }
 
 // newDaemon loads the bundle and makes every part, so that a bad bundle,
@@ -167,6 +172,7 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 			d.pub.Subscribe(d.pub.Topic(c.name, "trigger"), c.trig.receive)
 		}
 	}
+	d.setupWatch()
 	if err := d.listenHTTP(); err != nil {
 		d.close()
 		return nil, fmt.Errorf("GNLD_HTTP_ADDR=%s: %w", d.cfg.HTTPAddr, err)
@@ -207,6 +213,7 @@ func (d *daemon) cameraStats() any {
 			ts := c.trig.stats()
 			st.Trigger = &ts
 		}
+		st.Drift = c.driftStatus()
 		out[c.name] = st
 	}
 	return out
@@ -374,6 +381,9 @@ func (d *daemon) takeNext(c *camera, f capture.Frame) *scorer {
 	c.serving.Store(next)
 	s.close()
 	c.swaps.Add(1)
+	if d.page != nil {
+		d.page.SetModel(web.Model(next.model))
+	}
 	d.log.Info("model: camera switched", "camera", c.name, "from", s.model.Version, "to", next.model.Version,
 		"threshold", next.pipe.Threshold(), "threshold_source", next.thresholdSource, "first_seq", f.Seq,
 		"pause_ms", ms(time.Since(t0)))
@@ -423,6 +433,7 @@ func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
 	if err := d.pub.Result(r); err != nil {
 		return false, err
 	}
+	d.observe(c, s, f, res)
 	switch d.cfg.Map {
 	case "png":
 		png, err := s.pipe.Heatmap(f.Mat, res)

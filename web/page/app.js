@@ -4,6 +4,8 @@
 
 const cards = new Map(); // camera name -> card
 let historySeconds = 600;
+let skew = 0; // gnld's clock minus this browser's, in seconds
+const now = () => Date.now() / 1000 + skew;
 
 const $ = (root, sel) => root.querySelector(sel);
 
@@ -56,9 +58,10 @@ function fmt(x) { return Number.isFinite(x) ? x.toFixed(3) : "–"; }
 
 function update(s) {
   const c = card(s.name);
+  skew = s.now - Date.now() / 1000;
   c.threshold = s.threshold;
   for (const row of s.history || []) c.history.set(row[0], row);
-  const oldest = Date.now() / 1000 - historySeconds;
+  const oldest = now() - historySeconds;
   for (const t of c.history.keys()) if (t < oldest) c.history.delete(t);
 
   const v = $(c.el, ".verdict");
@@ -68,7 +71,7 @@ function update(s) {
     $(c.el, ".score").textContent = fmt(s.score);
     $(c.el, ".threshold").textContent = fmt(s.threshold);
     $(c.el, ".seq").textContent = s.seq;
-    c.time = Date.parse(s.time);
+    c.time = Date.parse(s.time) / 1000;
   }
   $(c.el, ".normal").textContent = s.normal;
   $(c.el, ".anomalous").textContent = s.anomalous;
@@ -98,7 +101,7 @@ function plot(c) {
   if (cv.width !== w) cv.width = w;
   const g = cv.getContext("2d");
   g.clearRect(0, 0, w, h);
-  const now = Date.now() / 1000, t0 = now - historySeconds;
+  const t0 = now() - historySeconds;
   const rows = [...c.history.values()].sort((a, b) => a[0] - b[0]);
   const top = Math.max(2 * c.threshold, ...rows.map((r) => r[1]), 1e-6) * 1.05;
   const left = 34, bottom = h - 16;
@@ -133,7 +136,7 @@ function plot(c) {
 function ages() {
   for (const c of cards.values()) {
     if (!c.time) continue;
-    const s = Math.max(0, (Date.now() - c.time) / 1000);
+    const s = Math.max(0, now() - c.time);
     $(c.el, ".age").textContent = s < 2 ? "(live)" : `(${s.toFixed(0)} s ago)`;
     plot(c);
   }
