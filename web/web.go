@@ -218,8 +218,10 @@ func (s *snapshot) frameJPEG() ([]byte, error) {
 }
 
 // heatmapPNG is the map in the JET colours of gnld's heatmaps
-// (pipeline.MapTo8: mid-scale at the threshold), at the map's size; the
-// page lays it over the frame.
+// (pipeline.MapTo8: mid-scale at the threshold), at the map's size, with
+// an alpha channel so that the page can lay it over the frame: clear up
+// to half the threshold, half opaque at the threshold, opaque from one
+// and a half times it.
 func (s *snapshot) heatmapPNG() ([]byte, error) {
 	s.pngOnce.Do(func() {
 		grey8 := make([]byte, len(s.amap))
@@ -230,10 +232,20 @@ func (s *snapshot) heatmapPNG() ([]byte, error) {
 			return
 		}
 		defer grey.Close()
-		colour := gocv.NewMat()
+		colour, bgra := gocv.NewMat(), gocv.NewMat()
 		defer colour.Close()
+		defer bgra.Close()
 		gocv.ApplyColorMap(grey, &colour, gocv.ColormapJet)
-		buf, err := gocv.IMEncode(gocv.PNGFileExt, colour)
+		gocv.CvtColor(colour, &bgra, gocv.ColorBGRToBGRA)
+		px, err := bgra.DataPtrUint8()
+		if err != nil {
+			s.pngErr = err
+			return
+		}
+		for i, v := range grey8 {
+			px[4*i+3] = byte(min(max(2*(int(v)-64), 0), 255))
+		}
+		buf, err := gocv.IMEncode(gocv.PNGFileExt, bgra)
 		if err != nil {
 			s.pngErr = err
 			return

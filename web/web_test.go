@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"image"
 	"image/jpeg"
 	"image/png"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -188,6 +190,7 @@ func TestPageOverHTTP(t *testing.T) {
 
 	// The worker scores frames while the browser watches.
 	var last pipeline.Result
+	var maps [][]float32
 	for i, img := range imgs {
 		res, err := p.Process(img)
 		if err != nil {
@@ -195,6 +198,7 @@ func TestPageOverHTTP(t *testing.T) {
 		}
 		line1.Observe(img, uint64(i+1), time.Now(), res)
 		last = res
+		maps = append(maps, slices.Clone(res.Map))
 		time.Sleep(5 * time.Millisecond)
 	}
 	var cs CameraState
@@ -239,6 +243,18 @@ func TestPageOverHTTP(t *testing.T) {
 	heat, err := png.Decode(bytes.NewReader(body))
 	if err != nil || r.Header.Get("X-Frame-Seq") != "2" || heat.Bounds().Dx() != last.MapW || heat.Bounds().Dy() != last.MapH {
 		t.Errorf("heatmap.png?seq=2 (the kept frame before): %s seq %s %v: %v", r.Status, r.Header.Get("X-Frame-Seq"), heat, err)
+	}
+	// Alpha: clear up to half the threshold, opaque from 1.5 times it.
+	if nrgba, ok := heat.(*image.NRGBA); !ok {
+		t.Errorf("heatmap is %T, want RGBA with alpha", heat)
+	} else {
+		m8 := make([]byte, len(maps[1]))
+		pipeline.MapTo8(m8, maps[1], last.Threshold)
+		for i, v := range m8 {
+			if want := byte(min(max(2*(int(v)-64), 0), 255)); nrgba.Pix[4*i+3] != want {
+				t.Fatalf("heatmap pixel %d: alpha %d, want %d for map value %d", i, nrgba.Pix[4*i+3], want, v)
+			}
+		}
 	}
 	if r, _ = get("/api/cameras/line1/heatmap.png?seq=1"); r.Header.Get("X-Frame-Seq") != "3" {
 		t.Errorf("a seq no longer kept must give the newest; got %s", r.Header.Get("X-Frame-Seq"))

@@ -110,7 +110,7 @@ func TestPageInBrowser(t *testing.T) {
 			/drift: (ok|warning)/.test(c.querySelector('.drift').textContent)); })()`,
 		chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
 		failed := strings.TrimSuffix(screenshotPath(t), ".png") + "-failed.png"
-		if shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(90)); err == nil {
+		if shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100)); err == nil {
 			os.MkdirAll(filepath.Dir(failed), 0o755)
 			os.WriteFile(failed, shot, 0o644)
 		}
@@ -132,7 +132,7 @@ func TestPageInBrowser(t *testing.T) {
 	}
 	frameSeq := attr.Value
 	chromedp.Do(wctx, chromedp.Sleep(1500*time.Millisecond)) // a few more points on the plot
-	png, err := chromedp.Run(wctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(wctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}

@@ -73,8 +73,8 @@ function update(s) {
     $(c.el, ".seq").textContent = s.seq;
     c.time = Date.parse(s.time) / 1000;
   }
-  $(c.el, ".normal").textContent = s.normal;
-  $(c.el, ".anomalous").textContent = s.anomalous;
+  $(c.el, ".n-normal").textContent = s.normal;
+  $(c.el, ".n-anomalous").textContent = s.anomalous;
 
   const d = $(c.el, ".drift"), hint = $(c.el, ".hint");
   if (!s.drift) {
@@ -110,10 +110,12 @@ function plot(c) {
   g.font = "10px system-ui, sans-serif";
   g.fillStyle = "#666";
   g.strokeStyle = "#ddd";
+  g.textBaseline = "middle";
   for (const v of [0, top / 2, top]) {
     g.beginPath(); g.moveTo(left, y(v)); g.lineTo(w, y(v)); g.stroke();
-    g.fillText(v.toFixed(2), 2, y(v) + 3);
+    g.fillText(v.toFixed(2), 2, Math.min(Math.max(y(v), 6), bottom));
   }
+  g.textBaseline = "alphabetic";
   g.fillText(`-${Math.round(historySeconds / 60)} min`, left, h - 3);
   g.fillText("now", w - 24, h - 3);
   g.strokeStyle = "#c62828";
