@@ -65,10 +65,12 @@ bench: build
 eval: build ; tools/evaluate $(EVAL_ARGS)
 
 # Train into out/model (checkpoint and all), then copy the bundle and its
-# records into models/default, the bundle that `make run` and the tests use.
+# records into models/default, the bundle that `make run` and the tests use,
+# and record its training images' statistics for the drift monitor.
 model:
 	$(PY) -m gnl fit --data $(MTD) --out out/model
 	cp out/model/model.tflite out/model/model.json out/model/train.json out/model/calibration.json models/default/
+	$(PY) -m gnl drift-stats --data $(MTD) --bundle models/default
 
 # Binaries, unit, default bundle, /etc/gnld/gnld.env and the gnld user;
 # Depends computed by dpkg-shlibdeps (tools/mkdeb).
@@ -77,7 +79,7 @@ deb: build
 	VERSION="$(VERSION)" tools/mkdeb out
 
 lint:
-	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging)"; \
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift)"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 

@@ -34,12 +34,13 @@ type Features [numFeatures]float64
 
 // Extractor computes a frame's image features exactly as gnl/drift.py
 // raw_features and features do (the same OpenCV calls, on a copy resized
-// to the bundle's analysis size). It reuses its Mats: not goroutine-safe;
+// to the bundle's presize, then to its analysis size). It reuses its Mats: not goroutine-safe;
 // Close frees them.
 type Extractor struct {
 	ref        *models.Drift
 	thumbs     [][]float64 // training thumbnails, normalised
-	size       image.Point
+	pre, size  image.Point
+	presized   gocv.Mat
 	small      gocv.Mat
 	grey       gocv.Mat
 	lap        gocv.Mat
@@ -59,8 +60,8 @@ func NewExtractor(ref *models.Drift) (*Extractor, error) {
 		return nil, err
 	}
 	e := &Extractor{
-		ref: ref, size: image.Pt(ref.AnalysisSize, ref.AnalysisSize),
-		small: gocv.NewMat(), grey: gocv.NewMat(), lap: gocv.NewMat(), gx: gocv.NewMat(), gy: gocv.NewMat(),
+		ref: ref, pre: image.Pt(ref.Presize, ref.Presize), size: image.Pt(ref.AnalysisSize, ref.AnalysisSize),
+		presized: gocv.NewMat(), small: gocv.NewMat(), grey: gocv.NewMat(), lap: gocv.NewMat(), gx: gocv.NewMat(), gy: gocv.NewMat(),
 		mag: gocv.NewMat(), ang: gocv.NewMat(), thumb: gocv.NewMat(), mean: gocv.NewMat(), std: gocv.NewMat(),
 		hist: make([]float64, ref.OrientationBins), norm: make([]float64, ref.ThumbSize*ref.ThumbSize),
 	}
@@ -74,7 +75,7 @@ func NewExtractor(ref *models.Drift) (*Extractor, error) {
 
 // Close frees the Mats.
 func (e *Extractor) Close() {
-	for _, m := range []*gocv.Mat{&e.small, &e.grey, &e.lap, &e.gx, &e.gy, &e.mag, &e.ang, &e.thumb, &e.mean, &e.std} {
+	for _, m := range []*gocv.Mat{&e.presized, &e.small, &e.grey, &e.lap, &e.gx, &e.gy, &e.mag, &e.ang, &e.thumb, &e.mean, &e.std} {
 		m.Close()
 	}
 }
@@ -85,7 +86,10 @@ func (e *Extractor) Features(frame gocv.Mat) (Features, error) {
 	if frame.Empty() || frame.Type() != gocv.MatTypeCV8UC3 {
 		return f, fmt.Errorf("drift: want a non-empty 8-bit BGR frame, got type %v", frame.Type())
 	}
-	gocv.Resize(frame, &e.small, e.size, 0, 0, gocv.InterpolationArea)
+	// Two steps, as gnl/drift.py: cheap at any resolution (INTER_AREA
+	// straight from 1920x1080 takes 10-50 ms; by a whole factor it is fast).
+	gocv.Resize(frame, &e.presized, e.pre, 0, 0, gocv.InterpolationLinear)
+	gocv.Resize(e.presized, &e.small, e.size, 0, 0, gocv.InterpolationArea)
 	gocv.CvtColor(e.small, &e.grey, gocv.ColorBGRToGray)
 
 	m, s := e.meanStd(e.grey)

@@ -32,6 +32,7 @@ const driftFix = "regenerate it with `gnl drift-stats --data DATA --bundle BUNDL
 // Drift mirrors drift.json (BUNDLE.md): how the training images look.
 type Drift struct {
 	FormatVersion   int                     `json:"format_version"`
+	Presize         int                     `json:"presize"`
 	AnalysisSize    int                     `json:"analysis_size"`
 	ThumbSize       int                     `json:"thumb_size"`
 	OrientationBins int                     `json:"orientation_bins"`
@@ -94,8 +95,9 @@ func (d *Drift) validate() error {
 	switch {
 	case d.FormatVersion != DriftFormatVersion:
 		return fmt.Errorf("format_version is %d, want %d", d.FormatVersion, DriftFormatVersion)
-	case d.AnalysisSize < 8 || d.ThumbSize < 2 || d.ThumbSize > d.AnalysisSize:
-		return fmt.Errorf("analysis_size %d / thumb_size %d: want 8 or more / 2 up to analysis_size", d.AnalysisSize, d.ThumbSize)
+	case d.AnalysisSize < 8 || d.ThumbSize < 2 || d.ThumbSize > d.AnalysisSize || d.Presize < d.AnalysisSize:
+		return fmt.Errorf("presize %d / analysis_size %d / thumb_size %d: want analysis_size or more / 8 or more / 2 up to analysis_size",
+			d.Presize, d.AnalysisSize, d.ThumbSize)
 	case d.OrientationBins < 2 || len(d.OrientationMean) != d.OrientationBins:
 		return fmt.Errorf("orientation_mean has %d values for %d bins", len(d.OrientationMean), d.OrientationBins)
 	case !(d.BlackPercentile > 0 && d.BlackPercentile < 1):

@@ -72,7 +72,7 @@ type Config struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" doc_type:"HOST:PORT" desc:"HTTP listener for the technicians' page (/), /metrics, /healthz and /readyz; empty: off. A bare :PORT (or an empty host) listens on loopback 127.0.0.1 only; name a host (0.0.0.0:PORT, an interface's address) to be reachable from other machines."`
 
 	PageHistory    time.Duration `split_words:"true" default:"10m" desc:"Score history that the technicians' page (http://GNLD_HTTP_ADDR/) plots per camera, one point per second; 1s to 24h."`
-	DriftEvery     int           `split_words:"true" default:"2" desc:"Drift monitor: measure every Nth frame of each camera against the training images' statistics in the bundle's drift.json (well under a millisecond per sample, on a small copy); 0 turns it off. A bundle without drift.json runs without it (said once in the log)."`
+	DriftEvery     int           `split_words:"true" default:"2" desc:"Drift monitor: measure every Nth frame of each camera against the training images' statistics in the bundle's drift.json (about a millisecond per sample, on a 128x128 copy); 0 turns it off. A bundle without drift.json runs without it (said once in the log)."`
 	DriftWindow    int           `split_words:"true" default:"20" desc:"Drift monitor: samples whose median makes a camera's drift score, so only a change that holds for half of them counts; 2 to 1000."`
 	DriftThreshold float64       `split_words:"true" default:"3" desc:"Drift monitor: drift score (in training spreads) at which a camera's state turns to warning, once it has held for 3 samples in a row; it returns to ok below two thirds of it, again after 3 samples."`
 
