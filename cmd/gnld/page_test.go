@@ -18,9 +18,6 @@ import (
 	"gnld/internal/testbroker"
 )
 
-// defaultBundle is the shipped bundle; it has drift.json.
-const defaultBundle = "../../models/default"
-
 // chromium finds Debian's chromium. The build root installs it
 // (tools/sidroot), so inside the root a missing browser is a failure;
 // elsewhere the test skips.
