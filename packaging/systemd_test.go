@@ -258,8 +258,15 @@ func underSystemd(t *testing.T, dir string, imgs []string) {
 	// Reload: SIGHUP through ExecReload; gnld stays up, same process.
 	s.must("systemctl", "reload", "gnld")
 	waitJournal(t, s, "model: SIGHUP, reloading")
-	if q := s.show("gnld", "ActiveState", "MainPID", "NRestarts"); q["ActiveState"] != "active" || q["MainPID"] != p["MainPID"] || q["NRestarts"] != "0" {
-		t.Errorf("after reload: %v, want the same process, active", q)
+	// RELOADING=1 holds the unit in "reloading" until gnld has loaded and
+	// checked the bundle and sent READY=1: wait for that, then compare.
+	rq := s.show("gnld", "ActiveState", "MainPID", "NRestarts")
+	for deadline := time.Now().Add(30 * time.Second); rq["ActiveState"] == "reloading" && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		rq = s.show("gnld", "ActiveState", "MainPID", "NRestarts")
+	}
+	if rq["ActiveState"] != "active" || rq["MainPID"] != p["MainPID"] || rq["NRestarts"] != "0" {
+		t.Errorf("after reload: %v, want the same process, active", rq)
 	}
 
 	// A hung gnld (stopped: no keep-alives) is killed by the watchdog
