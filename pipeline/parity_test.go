@@ -28,19 +28,24 @@ import (
 )
 
 // Tolerances, absolute, on raw maps and scores whose values are O(1) (the
-// tiny bundles' maps lie in 1.7..2.7). gnld runs Debian's TFLite 2.14 with
-// XNNPACK; Python runs ai_edge_litert 2.3 with its own XNNPACK.
+// tiny bundles' maps lie in 1.7..2.7; the default bundle's span 1.9 on MTD).
+// gnld runs Debian's TFLite 2.14 with its XNNPACK delegate on sid's XNNPACK
+// (tools/tflite/build); Python runs ai_edge_litert 2.3 with its own XNNPACK.
 //   - float32 models agree to float rounding: measured 4.8e-7.
-//   - int8 models: integer kernels of different versions round some
-//     activations by one quantum, and the cosine map amplifies that. Within
-//     ai_edge_litert alone, XNNPACK and the builtin int8 kernels differ by
-//     0.026 on the tiny bundle; Go vs Python measured 0.020. The bound is
-//     twice the former.
+//   - int8 models: int8 kernels of different versions round some
+//     activations by one quantum, and the cosine map amplifies that. The
+//     all-int8 tiny bundle agrees to 4.8e-7 (the same XNNPACK int8 kernels);
+//     the default bundle (float teacher, int8 student and head; int8
+//     transposed convolutions and a CONCATENATION that TFLite 2.14 leaves to
+//     its builtin kernels) measured 0.061 on the map and 0.024 on the score
+//     (1% of its threshold). For scale: within ai_edge_litert alone, XNNPACK
+//     and the builtin int8 kernels differ by 0.029 on it, and by 0.020 on
+//     the tiny bundle. The bound is 1.6 times the largest measured.
 //
 // The input tensor and the post-processing must match exactly.
 const (
 	tolFloatMap = 1e-5
-	tolInt8Map  = 0.05
+	tolInt8Map  = 0.1
 )
 
 type parityBundle struct {

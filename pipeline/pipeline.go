@@ -133,8 +133,12 @@ func (p *Pipeline) Threshold() float32 { return p.threshold }
 // Meta is the bundle's metadata.
 func (p *Pipeline) Meta() models.Meta { return p.meta }
 
-// Delegate says where the model runs ("cpu", "gpu" or a plugin path).
+// Delegate says where the model runs ("xnnpack", "builtin", "gpu" or a
+// plugin path).
 func (p *Pipeline) Delegate() string { return p.ip.Delegate() }
+
+// Placement says how many nodes each delegate took and the model's MACs.
+func (p *Pipeline) Placement() runtime.Placement { return p.ip.Placement() }
 
 // ErrFrame is wrapped by errors about unusable frames (empty, wrong type):
 // the camera's problem, not the model's.

@@ -65,7 +65,7 @@ func newExternalDelegate(path string) (*externalDelegate, error) {
 	e := (*C.gnl_external)(C.calloc(1, C.sizeof_gnl_external))
 	if msg := C.gnl_external_load(cpath, e); msg != nil {
 		C.free(unsafe.Pointer(e))
-		return nil, fmt.Errorf("external delegate %s: %s (the delegate setting is \"cpu\", \"gpu\" or the path of a TFLite delegate plugin .so)", path, C.GoString(msg))
+		return nil, fmt.Errorf("external delegate %s: %s (a delegate setting is xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so)", path, C.GoString(msg))
 	}
 	return &externalDelegate{e: e}, nil
 }

@@ -2,8 +2,9 @@
 // the only package in gnld that imports go-tflite or links
 // libtensorflowlite_c; everything above it sees Interpreter and Tensor.
 //
-// Lifecycle: New loads the model, applies the delegate (or falls back to the
-// CPU with a warning), allocates tensors and checks that the model has the
+// Lifecycle: New loads the model, applies the delegate (XNNPACK by default;
+// on failure it falls back to XNNPACK, then to TFLite's builtin kernels, with
+// a warning), allocates tensors and checks that the model has the
 // shape gnld expects: one NHWC image input [1,H,W,3] and one map output
 // [1,h,w,1] or [1,h,w], each float32, int8 or uint8. The caller then writes
 // the input through Input(), calls Invoke and reads Output(), as often as it
@@ -27,32 +28,39 @@ import (
 
 // Options choose how the model runs.
 type Options struct {
-	// Threads for the CPU kernels; 0 means 1.
+	// Threads for the CPU kernels (XNNPACK's and the builtin ones); 0 means 1.
 	Threads int
-	// Delegate: "" or "cpu" for TFLite's CPU kernels, with whatever default
-	// delegate the linked TFLite applies (Debian's 2.14 build applies none:
-	// it lacks the XNNPACK delegate, so int8 runs on the builtin kernels);
-	// "gpu" for the OpenCL GPU delegate (only in binaries built with
-	// -tags gpu); anything else is the path of a TFLite delegate plugin .so
-	// (the entry points TFLite's external delegate loads).
+	// Delegate: "" or "xnnpack" (the default; "cpu" is the older spelling)
+	// for XNNPACK's CPU kernels, "builtin" for TFLite's builtin kernels only,
+	// "gpu" for the OpenCL GPU delegate with XNNPACK for what it leaves, or
+	// the path of a TFLite delegate plugin .so (the entry points TFLite's
+	// external delegate loads). See ParseDelegate.
 	Delegate string
 }
 
 // Interpreter is one loaded model, ready to Invoke. Not goroutine-safe.
 type Interpreter struct {
-	model    *tflite.Model
-	options  *tflite.InterpreterOptions
-	interp   *tflite.Interpreter
-	delegate delegates.Delegater // nil on the CPU
-	errs     *errorLog
-	applied  string
-	in, out  *Tensor
+	model     *tflite.Model
+	options   *tflite.InterpreterOptions
+	interp    *tflite.Interpreter
+	delegates []delegates.Delegater // in the order applied; deleted after interp
+	observer  *observer
+	errs      *errorLog
+	applied   string
+	placement Placement
+	in, out   *Tensor
 }
 
 // New loads modelPath and prepares it to run with opt. When the requested
-// delegate cannot be created or applied, New logs a warning with the reason
-// and runs on the CPU instead; it fails only if the CPU cannot run the model.
+// delegate cannot be created or applied, New logs one warning naming the
+// reason and runs on the next in line instead: XNNPACK, then the builtin
+// kernels. It fails only if the builtin kernels cannot run the model, or
+// the delegate setting is invalid.
 func New(modelPath string, opt Options) (*Interpreter, error) {
+	want, err := ParseDelegate(opt.Delegate)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(modelPath); err != nil {
 		return nil, fmt.Errorf("%s: cannot open model: %w; run `gnl export` to write the bundle, or point --model at a bundle folder", modelPath, err)
 	}
@@ -61,54 +69,55 @@ func New(modelPath string, opt Options) (*Interpreter, error) {
 		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (truncated or corrupt?); re-export the bundle with `gnl export`", modelPath)
 	}
 	threads := max(opt.Threads, 1)
-	kind := delegateKind(opt.Delegate)
-	if kind != "cpu" {
-		ip, err := build(model, threads, opt.Delegate)
+	var failed []string
+	for _, d := range fallbacks(want) {
+		ip, err := build(model, threads, d)
 		if err == nil {
+			if len(failed) > 0 {
+				slog.Warn("delegate not applied, running on "+d+" instead", "model", modelPath, "delegate", want, "err", strings.Join(failed, "; "))
+			}
 			return ip.check(modelPath)
 		}
-		slog.Warn("delegate not applied, running on the CPU", "model", modelPath, "delegate", opt.Delegate, "err", err)
+		if d == Builtin {
+			model.Delete()
+			return nil, fmt.Errorf("%s: %w", modelPath, err)
+		}
+		failed = append(failed, err.Error())
 	}
-	ip, err := build(model, threads, "")
-	if err != nil {
-		model.Delete()
-		return nil, fmt.Errorf("%s: %w", modelPath, err)
-	}
-	return ip.check(modelPath)
+	panic("unreachable: fallbacks end with the builtin kernels")
 }
 
-func delegateKind(d string) string {
-	switch d {
-	case "", "cpu":
-		return "cpu"
-	case "gpu":
-		return "gpu"
-	}
-	return "external"
-}
-
-// build makes an interpreter for model with the given delegate ("" for the
-// CPU) and allocates its tensors. On error it frees everything but model.
-func build(model *tflite.Model, threads int, delegate string) (*Interpreter, error) {
-	ip := &Interpreter{model: model, applied: "cpu"}
+// build makes an interpreter for model with the delegate setting d and
+// allocates its tensors. On error it frees everything but model.
+func build(model *tflite.Model, threads int, d string) (*Interpreter, error) {
+	ip := &Interpreter{model: model, applied: d}
 	ip.options = tflite.NewInterpreterOptions()
 	if ip.options == nil {
 		return nil, errors.New("cannot create TFLite interpreter options")
 	}
 	ip.options.SetNumThread(threads)
 	ip.errs = newErrorLog(ip.options)
-	if delegate != "" {
-		d, err := newDelegate(delegate)
-		if err != nil {
-			ip.free()
-			return nil, err
-		}
-		ip.delegate, ip.applied = d, delegate
-		ip.options.AddDelegate(d)
+	ds, err := newDelegates(d, threads)
+	if err != nil {
+		ip.free()
+		return nil, err
+	}
+	ip.delegates = ds
+	for _, x := range ds {
+		ip.options.AddDelegate(x)
+	}
+	if ip.observer = newObserver(); ip.observer != nil {
+		ip.options.AddDelegate(ip.observer)
 	}
 	ip.interp = tflite.NewInterpreter(model, ip.options)
 	if ip.interp == nil {
-		err := fmt.Errorf("TensorFlow Lite cannot build an interpreter: %s; usually an op or op version newer than this TFLite (2.14): re-export with the pinned converter (`gnl export`)", ip.errs.take())
+		msg := ip.errs.take()
+		var err error
+		if d == Builtin {
+			err = fmt.Errorf("TensorFlow Lite cannot build an interpreter: %s; usually an op or op version newer than this TFLite (2.14): re-export with the pinned converter (`gnl export`)", msg)
+		} else {
+			err = fmt.Errorf("%s delegate: %s", d, msg)
+		}
 		ip.free()
 		return nil, err
 	}
@@ -116,6 +125,9 @@ func build(model *tflite.Model, threads int, delegate string) (*Interpreter, err
 		err := fmt.Errorf("TensorFlow Lite cannot allocate tensors: %s", ip.errs.take())
 		ip.free()
 		return nil, err
+	}
+	if ip.observer != nil {
+		ip.placement = ip.observer.placement()
 	}
 	return ip, nil
 }
@@ -155,8 +167,13 @@ func (ip *Interpreter) Input() *Tensor { return ip.in }
 // Invoke until the next one.
 func (ip *Interpreter) Output() *Tensor { return ip.out }
 
-// Delegate says where the model runs: "cpu", "gpu" or the external delegate's path.
+// Delegate says which delegate setting the model runs with: "xnnpack",
+// "builtin", "gpu" or the plugin's path (after any fallback).
 func (ip *Interpreter) Delegate() string { return ip.applied }
+
+// Placement says how many nodes each delegate took and which operators
+// stayed on TFLite's builtin kernels.
+func (ip *Interpreter) Placement() Placement { return ip.placement }
 
 // Invoke runs the model once on the current input.
 func (ip *Interpreter) Invoke() error {
@@ -182,9 +199,13 @@ func (ip *Interpreter) free() {
 		ip.interp.Delete()
 		ip.interp = nil
 	}
-	if ip.delegate != nil {
-		ip.delegate.Delete()
-		ip.delegate = nil
+	for _, d := range ip.delegates {
+		d.Delete()
+	}
+	ip.delegates = nil
+	if ip.observer != nil {
+		ip.observer.Delete()
+		ip.observer = nil
 	}
 	if ip.options != nil {
 		ip.options.Delete()

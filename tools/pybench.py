@@ -7,8 +7,9 @@ ai_edge_litert's interpreter, cv2/numpy preprocessing written the obvious
 way (cvtColor, resize, float maths per pixel, np.round for int8), the same
 post-processing, and a paho-mqtt publish of the JSON result per frame (QoS
 0, like gnld's result topic). One JSON line per thread count, with the keys
-gnlctl bench prints, plus publish_ms. `--compare` prints the medians side by
-side with the Go/Python ratio (tools/bench, `make bench`).
+gnlctl bench prints, plus publish_ms; peak RSS is each run's own (VmHWM reset
+before it). `--compare` prints every run side by side with the ratios
+(tools/bench, `make bench`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -37,8 +37,23 @@ def load_frame(path: str | None) -> tuple[np.ndarray, str]:
     return frame, "synthetic 1024x768"
 
 
+def reset_peak_rss() -> None:
+    """VmHWM back to the current resident set (Linux 4.0+), as gnlctl bench
+    does, so that each run's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def bench(bundle: Path, threads: int, n: int, frame: np.ndarray, client) -> dict:
     from ai_edge_litert.interpreter import Interpreter
+
+    reset_peak_rss()
 
     meta = json.loads((bundle / "model.json").read_text())
     spec, post = meta["input"], meta["postprocess"]
@@ -79,7 +94,7 @@ def bench(bundle: Path, threads: int, n: int, frame: np.ndarray, client) -> dict
     return {"model": str(bundle), "threads": threads, "n": n,
             "normalize_ms": med["normalize"], "invoke_ms": med["invoke"], "post_ms": med["post"],
             "publish_ms": med["publish"], "total_ms": med["total"], "fps": 1000 / med["total"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb(), "delegate": "python"}
 
 
 def connect(addr: str):
@@ -93,16 +108,33 @@ def connect(addr: str):
 
 
 def compare(go_path: Path, py_path: Path) -> None:
-    go = {r["threads"]: r for r in map(json.loads, go_path.read_text().splitlines())}
-    py = {r["threads"]: r for r in map(json.loads, py_path.read_text().splitlines())}
-    print(f"{'threads':>7} {'stage':>10} {'Go ms':>9} {'Python ms':>10} {'Go/Python':>10}")
-    for t in sorted(go.keys() & py.keys()):
-        for k in ("normalize_ms", "invoke_ms", "post_ms", "total_ms"):
-            print(f"{t:>7} {k[:-3]:>10} {go[t][k]:>9.2f} {py[t][k]:>10.2f} {go[t][k] / py[t][k]:>10.2f}")
-        print(f"{t:>7} {'publish':>10} {'-':>9} {py[t]['publish_ms']:>10.2f}")
-        print(f"{t:>7} {'fps':>10} {go[t]['fps']:>9.1f} {py[t]['fps']:>10.1f} {go[t]['fps'] / py[t]['fps']:>10.2f}")
-        print(f"{t:>7} {'peak RSS':>10} {go[t]['peak_rss_mb']:>8.0f}M {py[t]['peak_rss_mb']:>9.0f}M "
-              f"{go[t]['peak_rss_mb'] / py[t]['peak_rss_mb']:>10.2f}")
+    """Every run side by side per thread count, then the ratios the targets
+    are stated in (README, Measured)."""
+    runs = [json.loads(line) for path in (go_path, py_path) for line in path.read_text().splitlines() if line.strip()]
+    head = f"{'threads':>7}  {'run':<16} {'normalize':>9} {'invoke':>8} {'post':>7} {'total':>8} {'fps':>6} {'GMAC/s':>7} {'peak RSS':>8}"
+    print(head)
+    gmac = next((r["gmac"] for r in runs if r.get("gmac")), 0.0)
+    for t in sorted({r["threads"] for r in runs}):
+        rows = [r for r in runs if r["threads"] == t]
+        for r in rows:
+            name = "python litert" if r["delegate"] == "python" else "gnld " + r["delegate"]
+            rate = gmac / (r["invoke_ms"] / 1000) if gmac else 0.0
+            print(f"{t:>7}  {name:<16} {r['normalize_ms']:>9.2f} {r['invoke_ms']:>8.2f} {r['post_ms']:>7.2f} "
+                  f"{r['total_ms']:>8.2f} {r['fps']:>6.1f} {rate:>7.1f} {r['peak_rss_mb']:>7.0f}M")
+        by = {r["delegate"]: r for r in rows}
+        notes = []
+        if "xnnpack" in by and "python" in by:
+            notes.append(f"gnld xnnpack total / python total = {by['xnnpack']['total_ms'] / by['python']['total_ms']:.2f}")
+        if "xnnpack" in by and "builtin" in by:
+            notes.append(f"builtin invoke / xnnpack invoke = {by['builtin']['invoke_ms'] / by['xnnpack']['invoke_ms']:.1f}x")
+        if "gpu" in by and "xnnpack" in by:
+            notes.append(f"xnnpack invoke / gpu invoke = {by['xnnpack']['invoke_ms'] / by['gpu']['invoke_ms']:.2f}x")
+        for n in notes:
+            print(f"{t:>7}  {n}")
+    if gmac:
+        print(f"model: {gmac:.3f} GMAC per frame (convolutions, fully connected, matmul; gnlctl inspect)")
+    for d in dict.fromkeys(r["delegate"] for r in runs if r.get("placement")):
+        print(f"placement, {d}: {next(r['placement'] for r in runs if r['delegate'] == d)}")
 
 
 def main() -> int:

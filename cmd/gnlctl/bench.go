@@ -20,7 +20,7 @@ import (
 	"gnld/runtime"
 )
 
-// benchResult is one thread count's medians.
+// benchResult is one delegate and thread count's medians.
 type benchResult struct {
 	Model       string  `json:"model"`
 	Threads     int     `json:"threads"`
@@ -32,19 +32,24 @@ type benchResult struct {
 	PostMS      float64 `json:"post_ms"`
 	TotalMS     float64 `json:"total_ms"`
 	FPS         float64 `json:"fps"`
-	PeakRSSMB   float64 `json:"peak_rss_mb"`
+	PeakRSSMB   float64 `json:"peak_rss_mb"` // this run's peak (VmHWM reset before it)
+	GMAC        float64 `json:"gmac"`        // the model's multiply-accumulates per frame
+	GMACPerS    float64 `json:"gmac_per_s"`  // achieved in Invoke: GMAC / median invoke time
+	Placement   string  `json:"placement"`   // nodes per delegate, ops left on builtin kernels
 }
 
 const benchWarmup = 5
 
-// bench measures median per-stage latency of the pipeline on one frame.
+// bench measures median per-stage latency of the pipeline on one frame, per
+// delegate and thread count, with the model's placement (nodes per
+// delegate), its GMAC per frame and the GMAC/s achieved in Invoke.
 func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", stderr)
 	model := fs.String("model", "", "bundle folder (required)")
 	threadList := fs.String("threads", "1,2", "comma-separated TFLite thread counts")
 	n := fs.Int("n", 50, "timed frames per thread count (after 5 warm-up frames)")
 	imagePath := fs.String("image", "", "frame to use (default: the first MTD test/good image, else a synthetic 1024x768 frame)")
-	delegate := fs.String("delegate", "", `"cpu" (default), "gpu" or a delegate plugin .so`)
+	delegateList := fs.String("delegate", runtime.XNNPACK, "comma-separated delegates to time: xnnpack, builtin, gpu or a delegate plugin .so")
 	asJSON := fs.Bool("json", false, "print one JSON object per thread count")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -61,28 +66,49 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		threads = append(threads, t)
 	}
+	var delegates []string
+	for _, d := range strings.Split(*delegateList, ",") {
+		d, err := runtime.ParseDelegate(strings.TrimSpace(d))
+		if err != nil {
+			return usageError{"--delegate: " + err.Error()}
+		}
+		delegates = append(delegates, d)
+	}
 	frame, name, err := benchFrame(*imagePath)
 	if err != nil {
 		return err
 	}
 	defer frame.Close()
 	if !*asJSON {
-		fmt.Fprintf(stdout, "%-8s %-12s %-10s %-10s %-10s %-10s %-8s %s\n", "threads", "delegate", "normalize", "invoke", "post", "total", "fps", "peak_rss")
+		fmt.Fprintf(stdout, "%-8s %-10s %-10s %-10s %-10s %-10s %-8s %-9s %s\n", "threads", "delegate", "normalize", "invoke", "post", "total", "fps", "GMAC/s", "peak_rss")
 	}
-	for _, t := range threads {
-		r, err := benchOne(ctx, *model, runtime.Options{Threads: t, Delegate: *delegate}, frame, *n)
-		if err != nil {
-			return err
-		}
-		r.Frame = name
-		if *asJSON {
-			if err := json.NewEncoder(stdout).Encode(r); err != nil {
+	placed := map[string]bool{}
+	for _, d := range delegates {
+		for _, t := range threads {
+			r, err := benchOne(ctx, *model, runtime.Options{Threads: t, Delegate: d}, frame, *n)
+			if err != nil {
 				return err
 			}
-			continue
+			if r.Delegate != d {
+				// The warning on stderr says why; timing the fallback
+				// under this delegate's name would mislead.
+				fmt.Fprintf(stderr, "bench: %s is not available here (it ran on %s); skipped\n", d, r.Delegate)
+				break
+			}
+			r.Frame = name
+			if *asJSON {
+				if err := json.NewEncoder(stdout).Encode(r); err != nil {
+					return err
+				}
+				continue
+			}
+			fmt.Fprintf(stdout, "%-8d %-10s %-10s %-10s %-10s %-10s %-8.1f %-9.1f %.0f MB\n", r.Threads, r.Delegate,
+				msStr(r.NormalizeMS), msStr(r.InvokeMS), msStr(r.PostMS), msStr(r.TotalMS), r.FPS, r.GMACPerS, r.PeakRSSMB)
+			if !placed[d] {
+				placed[d] = true
+				fmt.Fprintf(stdout, "         %s: %s; %.3f GMAC per frame\n", d, r.Placement, r.GMAC)
+			}
 		}
-		fmt.Fprintf(stdout, "%-8d %-12s %-10s %-10s %-10s %-10s %-8.1f %.0f MB\n", r.Threads, r.Delegate,
-			msStr(r.NormalizeMS), msStr(r.InvokeMS), msStr(r.PostMS), msStr(r.TotalMS), r.FPS, r.PeakRSSMB)
 	}
 	return nil
 }
@@ -90,6 +116,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func msStr(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) + "ms" }
 
 func benchOne(ctx context.Context, model string, opt runtime.Options, frame gocv.Mat, n int) (benchResult, error) {
+	if err := resetPeakRSS(); err != nil {
+		return benchResult{}, err
+	}
 	p, err := openPipeline(model, opt)
 	if err != nil {
 		return benchResult{}, err
@@ -116,11 +145,14 @@ func benchOne(ctx context.Context, model string, opt runtime.Options, frame gocv
 	if err != nil {
 		return benchResult{}, err
 	}
-	tot := median(total)
+	tot, invoke := median(total), median(inv)
+	pl := p.Placement()
+	gmac := float64(pl.MACs) / 1e9
 	return benchResult{
 		Model: model, Threads: opt.Threads, Delegate: p.Delegate(), N: n,
-		NormalizeMS: ms(median(norm)), InvokeMS: ms(median(inv)), PostMS: ms(median(post)),
+		NormalizeMS: ms(median(norm)), InvokeMS: ms(invoke), PostMS: ms(median(post)),
 		TotalMS: ms(tot), FPS: float64(time.Second) / float64(tot), PeakRSSMB: rss,
+		GMAC: gmac, GMACPerS: gmac / invoke.Seconds(), Placement: pl.String(),
 	}, nil
 }
 
@@ -147,6 +179,15 @@ func benchFrame(path string) (gocv.Mat, string, error) {
 	m := gocv.NewMatWithSize(768, 1024, gocv.MatTypeCV8UC3)
 	gocv.Circle(&m, image.Pt(512, 384), 200, color.RGBA{R: 128, G: 128, B: 128}, -1)
 	return m, "synthetic 1024x768", nil
+}
+
+// resetPeakRSS sets VmHWM back to the current resident set (Linux 4.0+),
+// so that each run's peak is its own and not the largest so far.
+func resetPeakRSS() error {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		return fmt.Errorf("peak RSS: cannot reset it: %w", err)
+	}
+	return nil
 }
 
 // peakRSS is this process's peak resident set (VmHWM) in MB.

@@ -48,6 +48,7 @@ type evalResult struct {
 	Seed        *int               `json:"seed,omitempty"`   // of a perturbed folder
 	Source      string             `json:"source,omitempty"` // data a perturbed folder came from
 	Images      int                `json:"images"`
+	Delegate    string             `json:"delegate"` // where the model ran
 	Metrics     map[string]float64 `json:"metrics"`
 	Threshold   float32            `json:"threshold"`
 	Confusion   map[string]int     `json:"confusion_at_threshold"`
@@ -109,6 +110,7 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"`gnl test --perturb vand2 --dump DIR` (default: what DIR/perturb.json says, else none)")
 	jsonOut := fs.String("json", "", "write the result as JSON to this file")
 	threads := fs.Int("threads", 1, "TFLite CPU threads")
+	delegate := fs.String("delegate", runtime.XNNPACK, "xnnpack, builtin, gpu or a delegate plugin .so")
 	limit := fs.Int("limit", 0, "score at most this many evenly spaced images, the ones `gnl test --limit` picks (0: all)")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -132,7 +134,7 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		samples = some
 	}
-	p, err := openPipeline(*model, runtime.Options{Threads: *threads})
+	p, err := openPipeline(*model, runtime.Options{Threads: *threads, Delegate: *delegate})
 	if err != nil {
 		return err
 	}
@@ -164,7 +166,7 @@ func eval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	out := evalResult{
 		Model: *model, Version: p.Meta().Version, Data: *data, Perturb: *perturb, Images: len(samples),
-		Metrics: map[string]float64{}, Threshold: p.Threshold(), Confusion: conf,
+		Delegate: p.Delegate(), Metrics: map[string]float64{}, Threshold: p.Threshold(), Confusion: conf,
 		InvokeMSP50: ms(median(invoke)), Verdict: verdicts(p.Threshold(), classes, flagged),
 	}
 	if mk != nil {

@@ -38,7 +38,7 @@ func infer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	model := fs.String("model", "", "bundle folder (required)")
 	heatmaps := fs.String("heatmaps", "", "write a heatmap PNG per image into this folder")
 	threads := fs.Int("threads", 1, "TFLite CPU threads")
-	delegate := fs.String("delegate", "", `"cpu" (default), "gpu" or a delegate plugin .so`)
+	delegate := fs.String("delegate", runtime.XNNPACK, "xnnpack, builtin, gpu or a delegate plugin .so")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

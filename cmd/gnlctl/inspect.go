@@ -10,9 +10,13 @@ import (
 	"gnld/runtime"
 )
 
-// inspect prints a bundle's metadata and its model's tensors as TFLite sees them.
+// inspect prints a bundle's metadata, its model's tensors as TFLite sees
+// them, and where the model's nodes run with --delegate (default xnnpack):
+// how many each delegate took and which operators stayed on TFLite's
+// builtin kernels.
 func inspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("inspect", stderr)
+	delegate := fs.String("delegate", runtime.XNNPACK, "where to place the model: xnnpack, builtin, gpu or a delegate plugin .so")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -24,7 +28,7 @@ func inspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ip, err := runtime.New(b.ModelPath, runtime.Options{Threads: 1})
+	ip, err := runtime.New(b.ModelPath, runtime.Options{Threads: 1, Delegate: *delegate})
 	if err != nil {
 		return err
 	}
@@ -49,6 +53,9 @@ func inspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tensor     %-6s %q %s %v scale %g zero_point %d\n",
 			t.role, t.info.Name, t.info.DType, t.info.Shape, t.info.Quant.Scale, t.info.Quant.ZeroPoint)
 	}
+	p := ip.Placement()
 	fmt.Fprintf(stdout, "runs on    %s\n", ip.Delegate())
+	fmt.Fprintf(stdout, "placement  %s\n", p)
+	fmt.Fprintf(stdout, "work       %.3f GMAC per frame (convolutions, fully connected, matmul)\n", float64(p.MACs)/1e9)
 	return nil
 }

@@ -46,7 +46,7 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"input      160x128 RGB int8", `tensor     input  "serving_default_args_0" int8 [1 128 160 3]`, "runs on    cpu"} {
+	for _, want := range []string{"input      160x128 RGB int8", `tensor     input  "serving_default_args_0" int8 [1 128 160 3]`, "runs on    xnnpack", "placement  xnnpack 64/79 nodes (3 partitions); builtin kernels 15/79 nodes: SUM 9, RSQRT 6", "GMAC per frame"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("inspect output lacks %q:\n%s", want, out)
 		}
@@ -89,7 +89,8 @@ func TestBench(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if r.Threads != 1 || r.InvokeMS <= 0 || r.FPS <= 0 || r.PeakRSSMB <= 0 {
+	if r.Threads != 1 || r.InvokeMS <= 0 || r.FPS <= 0 || r.PeakRSSMB <= 0 || r.Delegate != "xnnpack" ||
+		r.GMAC <= 0 || r.GMACPerS <= 0 || !strings.HasPrefix(r.Placement, "xnnpack ") {
 		t.Errorf("%+v", r)
 	}
 }

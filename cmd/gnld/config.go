@@ -19,6 +19,7 @@ import (
 	"gnld/capture"
 	"gnld/internal/httpserver"
 	"gnld/publish"
+	"gnld/runtime"
 )
 
 // prefix starts every gnld environment variable.
@@ -37,7 +38,7 @@ type Config struct {
 	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
 	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
 	Threads        int           `default:"1" desc:"TFLite CPU threads per camera."`
-	Delegate       string        `desc:"TFLite delegate: empty or cpu, gpu (binaries built with -tags gpu), or the path of an external delegate .so."`
+	Delegate       string        `default:"xnnpack" desc:"Where TFLite runs the model: xnnpack (XNNPACK's CPU kernels, float and int8; empty or cpu mean the same), builtin (TFLite's builtin CPU kernels only), gpu (the OpenCL GPU delegate, XNNPACK for the operators it leaves; without a usable OpenCL GPU gnld runs on xnnpack and logs one warning naming the cause), or the path of a TFLite delegate plugin .so. A delegate that fails also falls back to xnnpack with a warning."`
 
 	Site   string `default:"default" desc:"Site level of every MQTT topic: gnl/<site>/..."`
 	Device string `desc:"Device level of the status and stats topics (gnl/<site>/<device>/status); empty: the host name."`
@@ -262,6 +263,8 @@ func validate(c *Config) error {
 		return invalid("DEVICE", c.Device, "a name without / + #")
 	case c.Threads < 1:
 		return invalid("THREADS", c.Threads, "1 or more")
+	case !validDelegate(c.Delegate):
+		return invalid("DELEGATE", c.Delegate, "xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so")
 	case c.MQTTQoS < 0 || c.MQTTQoS > 2:
 		return invalid("MQTT_QOS", c.MQTTQoS, "0, 1 or 2")
 	case c.Map != "off" && c.Map != "png" && c.Map != "raw":
@@ -372,4 +375,9 @@ func usage(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 1, 0, 2, ' ', 0)
 	writeDoc(tw, helpTable)
 	tw.Flush()
+}
+
+func validDelegate(d string) bool {
+	_, err := runtime.ParseDelegate(d)
+	return err == nil
 }

@@ -88,6 +88,7 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_MQTT_QOS": "3"}, `GNLD_MQTT_QOS="3": expected 0, 1 or 2`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_SHUTDOWN_TIMEOUT": "soon"}, `GNLD_SHUTDOWN_TIMEOUT="soon": expected a duration such as 500ms, 10s or 2m`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_MAP": "jpeg"}, `GNLD_MAP="jpeg": expected off, png or raw`},
+		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_DELEGATE": "xnnpak"}, `GNLD_DELEGATE="xnnpak": expected xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_LOG_LEVEL": "loud"}, `GNLD_LOG_LEVEL="loud": expected debug, info, warn or error`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CAMERA_A_ROI": "1,2,3"}, `GNLD_CAMERA_A_ROI="1,2,3": expected X,Y,W,H`},
 		{map[string]string{"GNLD_CAMERAS": "a=dir:/x", "GNLD_CAMERA_A_ROTATE": "45"}, `GNLD_CAMERA_A_ROTATE="45": expected 0, 90, 180 or 270`},
