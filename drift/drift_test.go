@@ -279,6 +279,27 @@ func TestHysteresis(t *testing.T) {
 	}
 }
 
+// The feature named is the worst, but an image feature past the
+// threshold goes before the model's score: it tells what to fix.
+func TestFeatureNamed(t *testing.T) {
+	for _, c := range []struct {
+		sharpness, score float64
+		want             string
+	}{{-4, 9, "sharpness"}, {-1, 9, "score"}, {-5, 4, "sharpness"}} {
+		m := &Monitor{cfg: Config{Window: 2, Threshold: 3}, feature: []int{Sharpness, Score},
+			median: make([]float64, numFeatures), scale: slices.Repeat([]float64{1}, numFeatures),
+			twoSide: make([]bool, numFeatures), scratch: make([]float64, 2), state: OK}
+		m.twoSide[Sharpness] = true
+		var f Features
+		f[Sharpness], f[Score] = c.sharpness, c.score
+		m.add(f)
+		m.add(f)
+		if st := m.Status(); st.Feature != c.want || st.Score != max(math.Abs(c.sharpness), c.score) {
+			t.Errorf("sharpness z %v, score z %v: named %s (score %v), want %s", c.sharpness, c.score, st.Feature, st.Score, c.want)
+		}
+	}
+}
+
 func TestNewRejectsBadConfig(t *testing.T) {
 	b := loadDefault(t)
 	for _, c := range []Config{{Every: 0, Window: 20, Threshold: 3}, {Every: 1, Window: 1, Threshold: 3}, {Every: 1, Window: 20}} {

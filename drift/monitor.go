@@ -11,6 +11,8 @@
 // score is the largest, over features, of the median z of the last
 // Window samples: a median, so single odd frames (a defect, a hand in the
 // picture) do not count, only a change that holds for half the window.
+// The feature it reports is the worst one, but an image feature past the
+// threshold goes before the model's score, since it says what to fix.
 //
 // State: "ok" turns to "warning" when the drift score has been at or
 // above Threshold for Hold samples in a row, and back to "ok" when it has
@@ -163,7 +165,7 @@ func (m *Monitor) add(f Features) {
 
 	st := Status{State: m.state, Since: m.since, Samples: m.samples, Window: m.cfg.Window, Every: m.cfg.Every,
 		Level: m.cfg.Threshold, Features: make(map[string]float64, len(m.feature))}
-	worst := -1
+	worst, worstImage, imageScore := -1, -1, 0.0
 	for _, i := range m.feature {
 		s := m.scratch[:len(m.ring)]
 		for k := range m.ring {
@@ -182,8 +184,17 @@ func (m *Monitor) add(f Features) {
 		if worst < 0 || d > st.Score {
 			worst, st.Score = i, d
 		}
+		if i != Score && (worstImage < 0 || d > imageScore) {
+			worstImage, imageScore = i, d
+		}
 	}
 	st.Score = round(max(st.Score, 0))
+	// The feature named (and hinted at) is the worst, except that an image
+	// feature past the threshold goes before the score: it says what to
+	// fix, where a high score only says that something changed.
+	if worst == Score && worstImage >= 0 && imageScore >= m.cfg.Threshold {
+		worst = worstImage
+	}
 	st.Feature = names[worst]
 	if len(m.ring) < m.cfg.Window {
 		st.Reason = fmt.Sprintf("measuring: %d of %d samples", len(m.ring), m.cfg.Window)
