@@ -135,6 +135,9 @@ func neededPackages(t *testing.T, bin string) []string {
 	cache := run(t, ".", nil, "ldconfig", "-p")
 	for _, m := range regexp.MustCompile(`\(NEEDED\)\s+Shared library: \[(.+)\]`).FindAllStringSubmatch(run(t, ".", nil, "readelf", "-d", bin), -1) {
 		lib := m[1]
+		if strings.HasPrefix(lib, "libtensorflowlite_delegates") {
+			continue // the package's own library, in /usr/lib/gnld (tools/mkdeb)
+		}
 		path := ""
 		for l := range strings.Lines(cache) {
 			if strings.HasPrefix(strings.TrimSpace(l), lib+" (") {
