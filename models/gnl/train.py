@@ -322,7 +322,6 @@ class Trainer:
         step_times: list[float] = []
         if self.epoch < a.epochs and not self._plateau():
             self._fill_teacher_cache()
-        assert self.teacher_cache is not None or self.epoch >= a.epochs or self._plateau()
         model.train()
         while self.epoch < a.epochs and time.monotonic() < deadline and not self._plateau():
             order = self.rng.permutation(n)
