@@ -9,7 +9,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"gnld/internal/toolchain"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/runtime"
@@ -48,21 +48,6 @@ func loadDefault(t testing.TB) *models.Bundle {
 	return b
 }
 
-// python runs the toolchain (inside the build root, as `make test` does).
-func python(t testing.TB, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command("python3", args...)
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join("..", "models"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python3 %s: %v\n%s\n(run the drift tests with `make test-go`, inside tools/sidroot)",
-			strings.Join(args, " "), err, stderr.String())
-	}
-	return out
-}
-
 // Go's features equal gnl/drift.py's on real images: both call the same
 // OpenCV functions; only float sums may differ in their last bits.
 func TestFeaturesMatchPython(t *testing.T) {
@@ -75,7 +60,7 @@ func TestFeaturesMatchPython(t *testing.T) {
 	}
 	// Perturbed and odd-sized frames too (a PNG from the toolchain).
 	pert := t.TempDir()
-	python(t, "-m", "gnl.drift", "perturb", "--out", pert, images[0])
+	toolchain.Python(t, "-m", "gnl.drift", "perturb", "--out", pert, images[0])
 	more, _ := filepath.Glob(filepath.Join(pert, "*", "*.png"))
 	images = append(images, more...)
 
@@ -84,7 +69,7 @@ func TestFeaturesMatchPython(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ext.Close()
-	out := python(t, append([]string{"-m", "gnl.drift", "features", "--reference", filepath.Join(defaultBundle, models.DriftFile)}, images...)...)
+	out := toolchain.Python(t, append([]string{"-m", "gnl.drift", "features", "--reference", filepath.Join(defaultBundle, models.DriftFile)}, images...)...)
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	n := 0
 	for sc.Scan() {
@@ -219,7 +204,7 @@ func TestDriftDetectsAndRecovers(t *testing.T) {
 	// The changed frames come from the toolchain.
 	pert := t.TempDir()
 	conditions := []string{"brightness", "contrast", "defocus", "noise", "rotation", "moved"}
-	python(t, append([]string{"-m", "gnl.drift", "perturb", "--out", pert}, good[40:8*(len(conditions)-1)+90]...)...)
+	toolchain.Python(t, append([]string{"-m", "gnl.drift", "perturb", "--out", pert}, good[40:8*(len(conditions)-1)+90]...)...)
 	for k, cond := range conditions {
 		o := k * 8 // each condition on other images
 		var files []string

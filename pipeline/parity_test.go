@@ -15,14 +15,13 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"unsafe"
 
 	"gocv.io/x/gocv"
 
+	"gnld/internal/toolchain"
 	"gnld/models"
 	"gnld/runtime"
 )
@@ -93,21 +92,6 @@ func testImages(t testing.TB) []string {
 	return out
 }
 
-// python runs the Python toolchain inside the build root.
-func python(t *testing.T, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command("python3", args...)
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join("..", "models"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("python3 %s: %v\n%s\n(the parity tests need the Python toolchain: run them with `make test-go`, inside tools/sidroot)",
-			strings.Join(args, " "), err, stderr.String())
-	}
-	return out
-}
-
 type pyResult struct {
 	Image       string    `json:"image"`
 	H           int       `json:"h"`
@@ -130,7 +114,7 @@ func TestParityWithPython(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			out := python(t, append([]string{"-m", "gnl.tflite_runner", bc.dir, "--json"}, images...)...)
+			out := toolchain.Python(t, append([]string{"-m", "gnl.tflite_runner", bc.dir, "--json"}, images...)...)
 			sc := bufio.NewScanner(bytes.NewReader(out))
 			sc.Buffer(nil, 1<<24)
 			var maxMap, maxScore, maxPost float64
@@ -218,7 +202,7 @@ for dtype, zp in (("float32", 0), ("int8", -17), ("uint8", 111)):
 	got["int8"] = tableHex(lookupTables[int8](in))
 	in.Quantization.ZeroPoint = 111
 	got["uint8"] = tableHex(lookupTables[uint8](in))
-	sc := bufio.NewScanner(bytes.NewReader(python(t, "-c", script)))
+	sc := bufio.NewScanner(bytes.NewReader(toolchain.Python(t, "-c", script)))
 	n := 0
 	for ; sc.Scan(); n++ {
 		var want struct{ DType, Hex string }
