@@ -1,6 +1,11 @@
 """`gnl export`: a checkpoint -> a model bundle (model.tflite + model.json).
 
-    gnl export --checkpoint CKPT --out DIR --calib DIR [--calib-count N] [--float]
+    gnl export --checkpoint CKPT --out DIR (--data DIR | --calib DIR [--calib-count N] | --float)
+               [--int8-teacher]
+
+`--data` re-exports a checkpoint exactly as `gnl fit` exported it: int8
+calibration on 32 of its training images, the threshold from the held-back
+normal images (the same seeded split).
 
 The bundle follows ../BUNDLE.md. The graph is the whole of `GNL.forward`
 behind an NHWC wrapper: image [1,H,W,3] in, anomaly map [1,h,w,1] out.
@@ -11,10 +16,10 @@ segmentation head: convs, ReLU, pools) get per-channel int8 weights and int8
 activations, calibrated on normal images and on the same images with a
 synthetic anomaly (gnl.synth) so that the activation ranges cover defects.
 Two parts stay float:
-- the frozen teacher: its depthwise convs are where Debian's TFLite 2.14
-  int8 kernels are slowest (4x its float ones, measured per op) and where
-  int8 error piles up; keeping it float made the map 3.5x more accurate
-  (max error 0.20 vs 0.70) and the model 1.5x faster on gnld's runtime;
+- the frozen teacher (unless `--int8-teacher`): int8 error piles up in its
+  depthwise convs. Measured on the default bundle through gnld with
+  XNNPACK (models/RESULTS.md, "float vs int8 teacher"); on TFLite's builtin
+  kernels int8 depthwise is also 4x slower than float;
 - the map head written directly in `GNL.forward` (rsqrt-normalised cosine,
   sums, resizes, sigmoid): quantizing it trips the converter's same-scale
   constraint on `tfl.reshape`, and float keeps the map's fine differences.
@@ -234,7 +239,8 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
 
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, calib_images: list[Path],
                   threshold_info: dict | None = None, metrics: dict | None = None,
-                  quantize: bool = True, threshold_images: list[Path] | None = None) -> Path:
+                  quantize: bool = True, threshold_images: list[Path] | None = None,
+                  float_modules: tuple[str, ...] = FLOAT_MODULES) -> Path:
     """Checkpoint written by `gnl fit` -> bundle folder `out_dir` (see BUNDLE.md)."""
     from gnl.model import load_checkpoint
 
@@ -243,7 +249,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, calib_images
     # model.json records the epochs actually trained, not the ones asked for.
     config = {**ckpt["config"], "epochs": int(ckpt.get("epoch", ckpt["config"].get("epochs", 0)))}
     return export_model(model, out_dir, calib_images, config, threshold_info, metrics, quantize,
-                        threshold_images=threshold_images)
+                        threshold_images=threshold_images, float_modules=float_modules)
 
 
 def calibration_images(folder: str | Path, count: int) -> list[Path]:
@@ -259,22 +265,44 @@ def calibration_images(folder: str | Path, count: int) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint from `gnl fit`")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--data", type=Path, help="the data folder the checkpoint was trained on: "
+                        "calibrate and set the threshold as `gnl fit` does")
     parser.add_argument("--calib", type=Path, help="folder of normal images for int8 calibration "
                         "(e.g. DATA/train/good)")
     parser.add_argument("--calib-count", type=int, default=32,
                         help="calibration images (each also used with a synthetic anomaly)")
     parser.add_argument("--float", action="store_true", help="export float32 instead of int8")
+    parser.add_argument("--int8-teacher", action="store_true",
+                        help="quantize the frozen teacher too (default: it stays float)")
     parser.add_argument("--threshold-json", type=Path, help="JSON object for model.json's threshold")
     parser.add_argument("--metrics-json", type=Path, help="JSON object for model.json's metrics")
 
 
+def fit_split(data: Path, checkpoint: Path) -> tuple[list[Path], list[Path]]:
+    """(calibration images, held-back normal images) exactly as `gnl fit`
+    chose them when it trained `checkpoint` on `data`."""
+    from gnl.data import train_images
+    from gnl.train import EXPORT_CALIB_IMAGES, split_holdout
+
+    seed = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"].get("seed", 0))
+    train, held = split_holdout(train_images(data), seed)
+    step = max(len(train) // EXPORT_CALIB_IMAGES, 1)
+    return train[::step][:EXPORT_CALIB_IMAGES], held
+
+
 def run(args: argparse.Namespace) -> int:
-    if not args.float and args.calib is None:
-        raise SystemExit("gnl export: int8 needs --calib DIR (normal images); or pass --float")
-    calib = calibration_images(args.calib, args.calib_count) if args.calib else []
+    if not args.float and args.calib is None and args.data is None:
+        raise SystemExit("gnl export: int8 needs --data DIR (the training data) or --calib DIR "
+                         "(normal images); or pass --float")
+    held = None
+    if args.data is not None:
+        calib, held = fit_split(args.data, args.checkpoint)
+    else:
+        calib = calibration_images(args.calib, args.calib_count) if args.calib else []
     load = lambda p: json.loads(p.read_text()) if p else None  # noqa: E731
     out = export_bundle(args.checkpoint, args.out, calib, load(args.threshold_json),
-                        load(args.metrics_json), quantize=not args.float)
+                        load(args.metrics_json), quantize=not args.float, threshold_images=held,
+                        float_modules=() if args.int8_teacher else FLOAT_MODULES)
     meta = json.loads((out / "model.json").read_text())
     print(f"{out}: {meta['quantization']} {(out / 'model.tflite').stat().st_size} bytes, "
           f"threshold {meta['threshold']['value']:.4f}")

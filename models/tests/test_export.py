@@ -113,3 +113,34 @@ def test_threshold_from_held_back_images_scored_by_the_exported_model(tmp_path, 
     assert meta["threshold"]["source"] == "normal" and meta["threshold"]["normal_images"] == len(held)
     assert meta["threshold"]["value"] == pytest.approx(gumbel_threshold(scores), rel=1e-5)
     assert meta["threshold"]["rule"] == "gumbel" and meta["threshold"]["false_alarm_target"] == 0.01
+
+
+def test_int8_teacher_quantizes_the_teacher_too(tmp_path, calib) -> None:
+    """float_modules=() (`gnl export --int8-teacher`): every conv, the
+    teacher's included, gets per-channel int8 weights."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    net = StandIn(width=4, seed=1)
+    out = export_model(net, tmp_path, calib, CONFIG, float_modules=())
+    tensors = Interpreter(model_path=str(out / "model.tflite")).get_tensor_details()
+    per_channel = [t for t in tensors if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) > 1]
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels > 1]
+    assert len(per_channel) == len(convs) > 0
+
+
+def test_fit_split_is_the_one_gnl_fit_used(tmp_path) -> None:
+    """`gnl export --data` calibrates and thresholds on the images `gnl fit`
+    chose: the same seeded hold-out, calibration from the training part."""
+    from gnl.data import train_images
+    from gnl.export import fit_split
+    from gnl.train import EXPORT_CALIB_IMAGES, split_holdout
+
+    if not (MTD / "train" / "good").is_dir():
+        pytest.skip(f"MTD not found at {MTD}; set MTD")
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"config": {"seed": 7}}, ckpt)
+    calib_paths, held = fit_split(MTD, ckpt)
+    train, want_held = split_holdout(train_images(MTD), 7)
+    assert held == want_held and len(held) >= 2
+    assert len(calib_paths) == EXPORT_CALIB_IMAGES and set(calib_paths) <= set(train)
+    assert not set(calib_paths) & set(held)
