@@ -308,3 +308,17 @@ func TestTLSClientCertificate(t *testing.T) {
 		t.Errorf("without client certificate: %+v", s)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"tcp://127.0.0.1:1883":              "tcp://127.0.0.1:1883",
+		"tcp://user@host:1883":              "tcp://user@host:1883",
+		"ssl://user:pa55@host:8883":         "ssl://user:xxxxx@host:8883",
+		"tcp://user:p%zzss@host:1883":       "tcp://user:xxxxx@host:1883", // does not parse
+		"tcp://user:pass@with@at@host:1883": "tcp://user:xxxxx@host:1883",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

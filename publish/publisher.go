@@ -43,6 +43,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // Config configures a Publisher.
@@ -92,6 +93,7 @@ type queued struct {
 type Publisher struct {
 	cfg    Config
 	log    *slog.Logger
+	broker string // cfg.Broker without its password, for logs
 	client mqtt.Client
 	spool  *spool
 	queue  chan queued
@@ -105,6 +107,7 @@ type Publisher struct {
 	mu          sync.Mutex // guards the outage bookkeeping below (paho's goroutines)
 	downSince   time.Time  // when the connection was lost
 	spooledDown uint64     // spooled count then
+	lastRefusal string     // the last connect failure logged; "" once connected
 
 	subs map[string]Handler // topic -> handler; fixed once Connect is called
 }
@@ -119,7 +122,7 @@ type Handler func(payload []byte, retained bool, at time.Time)
 func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 	u, err := url.Parse(cfg.Broker)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("mqtt broker %q: expected a URL such as tcp://host:1883", cfg.Broker)
+		return nil, fmt.Errorf("mqtt broker %q: expected a URL such as tcp://host:1883", RedactURL(cfg.Broker))
 	}
 	if cfg.QoS > 2 {
 		return nil, fmt.Errorf("mqtt qos %d: expected 0, 1 or 2", cfg.QoS)
@@ -139,7 +142,7 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		log.Info("spool: results from an earlier run will be published", "dir", cfg.SpoolDir, "count", n)
 	}
 	p := &Publisher{
-		cfg: cfg, log: log, spool: sp, statsNow: make(chan struct{}, 1),
+		cfg: cfg, log: log, broker: u.Redacted(), spool: sp, statsNow: make(chan struct{}, 1),
 		queue: make(chan queued, 64),
 		kick:  make(chan struct{}, 1),
 		start: time.Now(),
@@ -166,6 +169,7 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 		SetConnectRetryInterval(min(cfg.ReconnectMax, 5*time.Second)).
 		SetWill(p.statusTopic(), "offline", 1, true).
 		SetOnConnectHandler(p.onConnect).
+		SetConnectionNotificationHandler(p.onNotification).
 		SetConnectionLostHandler(p.onLost)
 	p.client = mqtt.NewClient(opts)
 	p.subs = map[string]Handler{}
@@ -217,11 +221,11 @@ func (p *Publisher) Connect() {
 	tok := p.client.Connect()
 	if !tok.WaitTimeout(p.cfg.Timeout) {
 		p.log.Warn("mqtt: broker not reachable at start-up; retrying in the background, results go to the spool",
-			"broker", p.cfg.Broker, "waited", p.cfg.Timeout)
+			"broker", p.broker, "waited", p.cfg.Timeout)
 		return
 	}
 	if err := tok.Error(); err != nil {
-		p.log.Warn("mqtt: connect failed; retrying in the background, results go to the spool", "broker", p.cfg.Broker, "err", err)
+		p.log.Warn("mqtt: connect failed; retrying in the background, results go to the spool", "broker", p.broker, "err", err)
 	}
 }
 
@@ -236,17 +240,47 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	}
 	p.mu.Lock()
 	since, spooled := p.downSince, p.spooled.Load()-p.spooledDown
+	p.lastRefusal = ""
 	p.mu.Unlock()
 	if p.disconnects.Load() == 0 {
-		p.log.Info("mqtt: connected", "broker", p.cfg.Broker, "spool_len", p.spool.len())
+		p.log.Info("mqtt: connected", "broker", p.broker, "spool_len", p.spool.len())
 	} else {
-		p.log.Info("mqtt: connection back", "broker", p.cfg.Broker,
+		p.log.Info("mqtt: connection back", "broker", p.broker,
 			"outage", time.Since(since).Round(time.Millisecond), "spooled_meanwhile", spooled, "spool_len", p.spool.len())
 	}
 	select {
 	case p.kick <- struct{}{}:
 	default:
 	}
+}
+
+// onNotification runs in a paho goroutine at each connection attempt. A
+// broker that answers but refuses the connection (credentials, client ID)
+// is logged when the cause differs from the last one logged: once, not at
+// every retry, and not hidden behind "not reachable". Network failures
+// are left to Connect's and onLost's lines. The broker URL is not taken
+// from the notification: paho's carries the password.
+func (p *Publisher) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {
+	f, ok := n.(mqtt.ConnectionNotificationFailed)
+	if !ok || f.Reason == nil || errors.Is(f.Reason, packets.ErrorNetworkError) {
+		return
+	}
+	why := f.Reason.Error()
+	p.mu.Lock()
+	repeat := why == p.lastRefusal
+	p.lastRefusal = why
+	p.mu.Unlock()
+	if repeat {
+		return
+	}
+	fix := "check the broker's settings"
+	switch {
+	case errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised), errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword):
+		fix = "check GNLD_MQTT_USERNAME and GNLD_MQTT_PASSWORD (or the user in GNLD_MQTT_BROKER) against the broker's accounts"
+	case errors.Is(f.Reason, packets.ErrorRefusedIDRejected):
+		fix = "check GNLD_MQTT_CLIENT_ID"
+	}
+	p.log.Warn("mqtt: the broker refused the connection; "+fix+"; retrying, results go to the spool", "broker", p.broker, "err", f.Reason)
 }
 
 // subscribe (re)subscribes every topic of Subscribe: the session is
@@ -267,7 +301,7 @@ func (p *Publisher) onLost(_ mqtt.Client, err error) {
 	p.mu.Lock()
 	p.downSince, p.spooledDown = time.Now(), p.spooled.Load()
 	p.mu.Unlock()
-	p.log.Warn("mqtt: connection lost; reconnecting, results go to the spool meanwhile", "broker", p.cfg.Broker, "err", err)
+	p.log.Warn("mqtt: connection lost; reconnecting, results go to the spool meanwhile", "broker", p.broker, "err", err)
 }
 
 // Result queues a result for publication. It blocks while the sender's
@@ -520,6 +554,23 @@ func Verdict(anomalous bool) string {
 		return "anomalous"
 	}
 	return "normal"
+}
+
+// RedactURL returns the broker URL raw with the password of its user
+// information (tcp://user:pass@host) replaced by "xxxxx", for logs, errors
+// and pages. It also masks what looks like user information in a string
+// that does not parse as a URL.
+func RedactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	at := strings.LastIndex(rest, "@")
+	if !ok || at < 0 {
+		return raw
+	}
+	user, _, _ := strings.Cut(rest[:at], ":")
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }
 
 // ValidName reports whether s can be one level of a topic: not empty, no

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"gnld/publish"
 )
 
 // Liveness, readiness and systemd's watchdog.
@@ -106,7 +108,7 @@ func (d *daemon) unready(now time.Time) []string {
 	}
 	out := d.stuck(now)
 	if st := d.pub.Stats(); !st.Connected {
-		out = append(out, fmt.Sprintf("mqtt: not connected to %s; results go to the spool (%d waiting)", d.cfg.MQTTBroker, st.SpoolLen))
+		out = append(out, fmt.Sprintf("mqtt: not connected to %s; results go to the spool (%d waiting)", publish.RedactURL(d.cfg.MQTTBroker), st.SpoolLen))
 	}
 	for _, c := range d.cams {
 		if c.done.Load() {

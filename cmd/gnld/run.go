@@ -229,7 +229,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 		}
 	}
 	d.log.Info("gnld: starting", "run_id", d.runID, "model", m.Name, "version", m.Version,
-		"cameras", strings.Join(names, ","), "broker", d.cfg.MQTTBroker, "site", d.cfg.Site, "device", d.cfg.Device)
+		"cameras", strings.Join(names, ","), "broker", publish.RedactURL(d.cfg.MQTTBroker), "site", d.cfg.Site, "device", d.cfg.Device)
 	d.serveHTTP()
 	defer d.stopHTTP()
 	d.pub.Connect()

@@ -30,8 +30,10 @@ type Broker struct {
 	Port   int
 	scheme string // tcp or ssl
 	dir    string
-	cmd    *exec.Cmd
-	done   chan struct{}
+	// user and password the Subscriber logs in with (StartAuth).
+	user, password string
+	cmd            *exec.Cmd
+	done           chan struct{}
 }
 
 // Start runs mosquitto on a free port of 127.0.0.1 and stops it when the
@@ -55,6 +57,24 @@ func StartTLS(t testing.TB) (*Broker, TLSFiles) {
 	return start(t, "ssl", conf), files
 }
 
+// StartAuth runs mosquitto that accepts only user with password (a
+// password_file made by mosquitto_passwd) and refuses anonymous clients.
+// Subscribe logs in as user.
+func StartAuth(t testing.TB, user, password string) *Broker {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto_passwd")
+	if err != nil {
+		t.Skip("mosquitto_passwd not installed")
+	}
+	file := filepath.Join(t.TempDir(), "passwd")
+	if out, err := exec.Command(bin, "-c", "-b", file, user, password).CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	b := start(t, "tcp", "password_file "+file+"\nallow_anonymous false\n")
+	b.user, b.password = user, password
+	return b
+}
+
 func start(t testing.TB, scheme, listenerConf string) *Broker {
 	if testing.Short() {
 		t.Skip("integration test with a real broker; skipped with -short")
@@ -68,7 +88,10 @@ func start(t testing.TB, scheme, listenerConf string) *Broker {
 	b := &Broker{t: t, Port: FreePort(t), scheme: scheme, dir: t.TempDir()}
 	// user root: as root, mosquitto would otherwise switch to a user that
 	// cannot write the test's temporary folder.
-	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\n%sallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest none\n", b.Port, listenerConf, b.dir)
+	if !strings.Contains(listenerConf, "allow_anonymous") {
+		listenerConf += "allow_anonymous true\n"
+	}
+	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\n%spersistence true\npersistence_location %s/\nlog_dest none\n", b.Port, listenerConf, b.dir)
 	if err := os.WriteFile(filepath.Join(b.dir, "mosquitto.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +179,7 @@ func Subscribe(t testing.TB, b *Broker, filter string) *Subscriber {
 	s := &Subscriber{}
 	id := fmt.Sprintf("testsub-%d-%d", b.Port, time.Now().UnixNano())
 	opts := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(id).
+		SetUsername(b.user).SetPassword(b.password).
 		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
 		SetOrderMatters(true).
