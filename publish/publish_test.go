@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,6 +320,30 @@ func TestRedactURL(t *testing.T) {
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The spool's folder and files are gnld's user's only, even under a
+// permissive umask.
+func TestSpoolPermissions(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	dir := filepath.Join(t.TempDir(), "a", "spool")
+	s, err := openSpool(dir, 3, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.push(Message{Topic: "t", Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*"+spoolExt))
+	if len(files) != 1 {
+		t.Fatalf("%d spool files", len(files))
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o700 | os.ModeDir, files[0]: 0o600} {
+		if st, err := os.Stat(path); err != nil || st.Mode() != want {
+			t.Errorf("%s: mode %v (%v), want %v", path, st.Mode(), err, want)
 		}
 	}
 }

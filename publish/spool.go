@@ -29,6 +29,9 @@ type Message struct {
 //
 // When full, push drops the oldest message, counts it and logs it.
 //
+// The folder is made 0700 and the files 0600, whatever the umask: results
+// are the plant's data, for gnld's user only.
+//
 // Not goroutine-safe: the Publisher's sender goroutine is its only user.
 // len and dropped may be read from any goroutine.
 type spool struct {
@@ -48,7 +51,7 @@ const spoolExt = ".msg"
 
 // openSpool opens (creating) dir and picks up what an earlier run left.
 func openSpool(dir string, max int, log *slog.Logger) (*spool, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	entries, err := os.ReadDir(dir)
@@ -75,7 +78,7 @@ func openSpool(dir string, max int, log *slog.Logger) (*spool, error) {
 	s.n.Store(int64(len(s.seqs)))
 	// Probe that the folder is writable now rather than at the first outage.
 	probe := filepath.Join(dir, "probe.tmp")
-	if err := os.WriteFile(probe, nil, 0o640); err != nil {
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	os.Remove(probe)
@@ -99,7 +102,7 @@ func (s *spool) push(m Message) error {
 	seq := s.next
 	final := s.path(seq)
 	tmp := final + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
