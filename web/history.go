@@ -10,6 +10,10 @@ type bucket struct {
 	Anom uint32  // anomalous frames
 }
 
+// maxStepBack is how far (seconds) the clock may step back before a
+// history starts afresh.
+const maxStepBack = 5
+
 // history is a ring of per-second buckets, the newest last. add never
 // allocates.
 type history struct {
@@ -27,7 +31,13 @@ func (h *history) add(sec int64, score float32, anomalous bool) {
 	}
 	if h.n > 0 {
 		last := &h.b[(h.head+h.n-1)%len(h.b)]
-		if sec <= last.T { // same second (or a clock step back): merge
+		switch {
+		case sec < last.T-maxStepBack:
+			// The system clock was set back: start afresh, or every
+			// frame would merge into the last second until the clock
+			// caught up with it, and the plot would stand still.
+			h.head, h.n = 0, 0
+		case sec <= last.T: // same second (or a small step back): merge
 			last.Max, last.N, last.Anom = max(last.Max, score), last.N+1, last.Anom+a
 			return
 		}

@@ -73,7 +73,7 @@ type Hub struct {
 	byName  map[string]*Camera
 	start   time.Time
 	streams atomic.Int32 // open event streams
-	polled  atomic.Int64 // UnixNano of the last API request
+	polled  atomic.Int64 // h.clock() at the last API request; 0: none yet
 	done    chan struct{}
 	closing sync.Once
 }
@@ -119,8 +119,13 @@ func (h *Hub) Camera(name string, drift DriftSource) *Camera {
 
 // watched reports whether a browser is looking now.
 func (h *Hub) watched() bool {
-	return h.streams.Load() > 0 || time.Since(time.Unix(0, h.polled.Load())) < h.opt.Grace
+	p := h.polled.Load()
+	return h.streams.Load() > 0 || p != 0 && time.Duration(h.clock()-p) < h.opt.Grace
 }
+
+// clock is the time since New on the monotonic clock, in nanoseconds (at
+// least 1): a wall clock set back must not keep the page "watched".
+func (h *Hub) clock() int64 { return int64(time.Since(h.start)) + 1 }
 
 // Camera is one camera's live state.
 type Camera struct {
@@ -331,7 +336,7 @@ func (h *Hub) state() State {
 }
 
 func (h *Hub) serveState(w http.ResponseWriter, r *http.Request) {
-	h.polled.Store(time.Now().UnixNano())
+	h.polled.Store(h.clock())
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	json.NewEncoder(w).Encode(h.state())
@@ -413,7 +418,7 @@ func driftSamples(s *drift.Status) uint64 {
 // newest. X-Frame-Seq says which one came.
 func (h *Hub) serveImage(jpeg bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		h.polled.Store(time.Now().UnixNano())
+		h.polled.Store(h.clock())
 		c := h.byName[r.PathValue("name")]
 		if c == nil {
 			http.Error(w, "no camera "+strconv.Quote(r.PathValue("name"))+"; see /api/state for the cameras", http.StatusNotFound)

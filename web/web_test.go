@@ -264,3 +264,26 @@ func TestPageOverHTTP(t *testing.T) {
 		t.Errorf("/api/state: %v %.300s", err, body)
 	}
 }
+
+// Frame times come from the wall clock. One set back by an hour (NTP
+// correcting a clock that ran ahead) starts the history afresh, so the
+// plot goes on; a step back of a second merges, as within one second.
+func TestHistoryClockSetBack(t *testing.T) {
+	h := newHistory(600)
+	t0 := time.Now().Unix()
+	for i := range int64(10) {
+		h.add(t0+i, 1, false)
+	}
+	h.add(t0+8, 3, true) // a small step back: merged into the last second
+	if got := h.since(0); len(got) != 10 || got[9] != [4]float64{float64(t0 + 9), 3, 2, 1} {
+		t.Fatalf("after a 1 s step back: %v", got[len(got)-1])
+	}
+	back := t0 + 10 - 3600
+	for i := range int64(3) {
+		h.add(back+i, 2, false)
+	}
+	got := h.since(back - 600)
+	if len(got) != 3 || got[0][0] != float64(back) || got[2][0] != float64(back+2) {
+		t.Errorf("after the clock was set back an hour: %v, want 3 new seconds from %d", got, back)
+	}
+}

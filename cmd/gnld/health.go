@@ -72,25 +72,32 @@ func (d *daemon) liveWindow() time.Duration {
 	return noWatchdogWindow
 }
 
+// clock is the time since the daemon was made, in nanoseconds, on the
+// monotonic clock: beats and frame times are compared with it, never with
+// the wall clock, which jumps when the system clock is set (NTP, an
+// RTC-less device at boot, a technician).
+func (d *daemon) clock() int64 { return int64(time.Since(d.epoch)) }
+
 // beat records that c's worker is alive and, when every worker is, sends
 // systemd's keep-alive.
 func (d *daemon) beat(c *camera) {
-	now := time.Now()
-	c.beat.Store(now.UnixNano())
+	now := d.clock()
+	c.beat.Store(now)
 	if d.notify.WatchdogSec() > 0 && len(d.stuck(now)) == 0 {
 		d.notify.Watchdog()
 	}
 }
 
-// stuck names the workers that have not beaten for liveWindow.
-func (d *daemon) stuck(now time.Time) []string {
+// stuck names the workers that have not beaten for liveWindow before now
+// (a clock() reading).
+func (d *daemon) stuck(now int64) []string {
 	var out []string
 	window := d.liveWindow()
 	for _, c := range d.cams {
 		if c.done.Load() {
 			continue
 		}
-		if idle := now.Sub(time.Unix(0, c.beat.Load())); idle > window {
+		if idle := time.Duration(now - c.beat.Load()); idle > window {
 			out = append(out, fmt.Sprintf("camera %s: worker stuck: no frame finished and not waiting for frames for %s (limit %s)",
 				c.cap.Name(), idle.Round(time.Millisecond), window))
 		}
@@ -98,8 +105,9 @@ func (d *daemon) stuck(now time.Time) []string {
 	return out
 }
 
-// unready says why gnld is not doing its whole job now; nil when it is.
-func (d *daemon) unready(now time.Time) []string {
+// unready says why gnld is not doing its whole job at now (a clock()
+// reading); nil when it is.
+func (d *daemon) unready(now int64) []string {
 	switch d.state.Load() {
 	case stateStarting:
 		return []string{"starting: loading the model and connecting to the broker"}
@@ -114,7 +122,7 @@ func (d *daemon) unready(now time.Time) []string {
 		if c.done.Load() {
 			continue
 		}
-		if since := now.Sub(time.Unix(0, c.lastFrame.Load())); since > d.cfg.ReadTimeout {
+		if since := time.Duration(now - c.lastFrame.Load()); since > d.cfg.ReadTimeout {
 			out = append(out, fmt.Sprintf("camera %s: no frame for %s (source reconnecting; %d reconnects so far)",
 				c.cap.Name(), since.Round(time.Second), c.cap.Stats().Reconnects))
 		}
@@ -125,13 +133,13 @@ func (d *daemon) unready(now time.Time) []string {
 // healthz is liveness: 503 only when a worker is stuck, which a restart
 // fixes. A broker or camera that is away is not a liveness problem.
 func (d *daemon) healthz(w http.ResponseWriter, r *http.Request) {
-	reply(w, d.stuck(time.Now()), "ok", "not ok")
+	reply(w, d.stuck(d.clock()), "ok", "not ok")
 }
 
 // readyz is readiness: 503 while starting or stopping, or when the
 // broker, a camera or a worker is not working.
 func (d *daemon) readyz(w http.ResponseWriter, r *http.Request) {
-	reply(w, d.unready(time.Now()), "ready", "not ready")
+	reply(w, d.unready(d.clock()), "ready", "not ready")
 }
 
 func reply(w http.ResponseWriter, problems []string, ok, notOK string) {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -92,6 +94,7 @@ type daemon struct {
 	metrics *metrics.Metrics
 	page    *web.Hub     // nil: GNLD_HTTP_ADDR is off
 	state   atomic.Int32 // stateStarting, stateRunning, stateStopping
+	epoch   time.Time    // when newDaemon began: the origin of clock()
 	// busy: workers may still be inside a pipeline (a shutdown that timed
 	// out), so close must not free the pipelines under them.
 	busy bool
@@ -116,8 +119,8 @@ type camera struct {
 
 	processed, anomalous, skipped, swaps atomic.Uint64
 
-	beat          atomic.Int64 // UnixNano of the worker's last beat (health.go)
-	lastFrame     atomic.Int64 // UnixNano at which the worker last got a frame
+	beat          atomic.Int64 // d.clock() at the worker's last beat (health.go)
+	lastFrame     atomic.Int64 // d.clock() when the worker last got a frame
 	done          atomic.Bool  // the worker has returned
 	score         lastScore    // last score, for STATUS
 	lastAnomalous atomic.Bool
@@ -139,7 +142,7 @@ type cameraStats struct {
 // newDaemon loads the bundle and makes every part, so that a bad bundle,
 // calibration, camera or spool stops start-up before any frame is read.
 func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log, runID: time.Now().UTC().Format("20060102T150405.000000Z"), notify: sdnotify.New(log)}
+	d := &daemon{cfg: cfg, log: log, runID: newRunID(), notify: sdnotify.New(log), epoch: time.Now()}
 	d.loadedFP = modelFingerprint(cfg.ModelDir)
 	b, set, _, err := d.loadScorers()
 	if err != nil {
@@ -150,6 +153,8 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
 		c := &camera{name: cc.name, metrics: d.metrics.Camera(cc.name)}
+		c.beat.Store(d.clock()) // starting is not being stuck
+		c.lastFrame.Store(d.clock())
 		c.serving.Store(set[i])
 		c.score.set(math.NaN())
 		d.cams = append(d.cams, c)
@@ -178,6 +183,16 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		return nil, fmt.Errorf("GNLD_HTTP_ADDR=%s: %w", d.cfg.HTTPAddr, err)
 	}
 	return d, nil
+}
+
+// newRunID names this run: its start time (UTC, to the microsecond) and 4
+// random bytes. The time alone could repeat: a clock set back, or an
+// RTC-less device that boots at the same wrong time every day, and
+// run_id + camera + sequence must identify a result.
+func newRunID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return time.Now().UTC().Format("20060102T150405.000000Z") + "-" + hex.EncodeToString(b[:])
 }
 
 // model is the bundle loaded last (in service, or about to be).
@@ -244,7 +259,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range d.cams {
-		now := time.Now().UnixNano()
+		now := d.clock()
 		c.beat.Store(now)
 		c.lastFrame.Store(now)
 		g.Go(func() error { return c.cap.Run(gctx) })
@@ -332,7 +347,7 @@ func (d *daemon) work(c *camera) error {
 			if !ok {
 				return nil
 			}
-			c.lastFrame.Store(time.Now().UnixNano())
+			c.lastFrame.Store(d.clock())
 			if testStall != nil {
 				testStall(f.Camera)
 			}

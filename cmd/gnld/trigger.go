@@ -235,7 +235,7 @@ func (d *daemon) workTriggered(c *camera) error {
 		if !ok {
 			return nil
 		}
-		c.lastFrame.Store(time.Now().UnixNano())
+		c.lastFrame.Store(d.clock())
 		if cur == nil { // a trigger may have come in with this frame
 			select {
 			case t := <-q.ch:

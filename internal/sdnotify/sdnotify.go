@@ -29,13 +29,17 @@ type Notifier struct {
 	log      *slog.Logger
 	on       bool          // NOTIFY_SOCKET was set at start
 	watchdog time.Duration // WatchdogSec; 0: off
-	next     atomic.Int64  // UnixNano before which Watchdog sends nothing
+	// next is when Watchdog may send again, in nanoseconds since start on
+	// the monotonic clock: a system clock set back (NTP, an RTC-less
+	// device at boot) must not hold back the keep-alives.
+	start time.Time
+	next  atomic.Int64
 	failed   atomic.Bool   // a send failed (logged once)
 }
 
 // New reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
 func New(log *slog.Logger) *Notifier {
-	n := &Notifier{log: log, on: os.Getenv("NOTIFY_SOCKET") != ""}
+	n := &Notifier{log: log, on: os.Getenv("NOTIFY_SOCKET") != "", start: time.Now()}
 	if !n.on {
 		return n
 	}
@@ -73,7 +77,7 @@ func (n *Notifier) Watchdog() bool {
 	if n.watchdog == 0 {
 		return false
 	}
-	now := time.Now().UnixNano()
+	now := int64(time.Since(n.start))
 	next := n.next.Load()
 	if now < next || !n.next.CompareAndSwap(next, now+int64(n.watchdog/2)) {
 		return false
