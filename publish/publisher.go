@@ -69,6 +69,8 @@ type Config struct {
 	// StatsExtra, when set, adds its value under "cameras" to each stats
 	// message. It is called from Run's goroutine and must be goroutine-safe.
 	StatsExtra func() any
+	// StatsModel, when set, adds its value under "model", like StatsExtra.
+	StatsModel func() any
 }
 
 // Stats are the publisher's counters since start.
@@ -78,9 +80,15 @@ type Stats struct {
 	Replayed     uint64 `json:"replayed"`      // spooled results published later
 	SpoolLen     int    `json:"spool_len"`     // results waiting in the spool now
 	SpoolDropped uint64 `json:"spool_dropped"` // results dropped: spool full (oldest first) or not writable
-	MapsSkipped  uint64 `json:"maps_skipped"`  // maps not sent because the broker was away
-	Disconnects  uint64 `json:"disconnects"`
-	Connected    bool   `json:"connected"`
+	// SpoolWriteFailed: of SpoolDropped, results lost because the spool
+	// could not be written (disk full, read-only) while the broker was away.
+	SpoolWriteFailed uint64 `json:"spool_write_failed"`
+	MapsSkipped      uint64 `json:"maps_skipped"` // maps not sent because the broker was away
+	// Unacked: publishes the broker did not acknowledge within
+	// Config.Timeout (the result went to the spool).
+	Unacked     uint64 `json:"unacked"`
+	Disconnects uint64 `json:"disconnects"` // connections lost, or dropped by gnld (see maxUnacked)
+	Connected   bool   `json:"connected"`
 }
 
 // queued is one message for the sender; maps and stats are best effort.
@@ -103,6 +111,13 @@ type Publisher struct {
 	statsNow chan struct{} // asks Run for a stats message now (StatsNow)
 
 	published, spooled, replayed, mapsSkipped, disconnects atomic.Uint64
+	unacked, writeFailed                                   atomic.Uint64
+
+	// Used only by Run's goroutine.
+	unackedRow  int       // publishes in a row not acknowledged in time
+	spoolBroken bool      // the last spool write failed
+	brokenSince uint64    // writeFailed when it began
+	brokenLog   time.Time // the last log line about it
 
 	mu          sync.Mutex // guards the outage bookkeeping below (paho's goroutines)
 	downSince   time.Time  // when the connection was lost
@@ -328,7 +343,8 @@ func (p *Publisher) Close() { close(p.queue) }
 func (p *Publisher) Stats() Stats {
 	return Stats{
 		Published: p.published.Load(), Spooled: p.spooled.Load(), Replayed: p.replayed.Load(),
-		SpoolLen: p.spool.len(), SpoolDropped: p.spool.drops.Load(), MapsSkipped: p.mapsSkipped.Load(),
+		SpoolLen: p.spool.len(), SpoolDropped: p.spool.drops.Load(), SpoolWriteFailed: p.writeFailed.Load(),
+		MapsSkipped: p.mapsSkipped.Load(), Unacked: p.unacked.Load(),
 		Disconnects: p.disconnects.Load(), Connected: p.client.IsConnectionOpen(),
 	}
 }
@@ -383,8 +399,10 @@ func (p *Publisher) StatsNow() {
 }
 
 // send publishes q, or spools it (results) or skips it (best effort). A
-// result the spool cannot take (disk full, say) is logged and counted as
-// dropped: stopping the daemon would not bring the disk back.
+// result the spool cannot take (disk full, say) is published at once if
+// the broker takes it (out of order: behind none of the spooled ones),
+// else it is lost: counted (spool_dropped, spool_write_failed) and logged
+// (spoolFailed). Stopping the daemon would not bring the disk back.
 func (p *Publisher) send(ctx context.Context, q queued) {
 	if q.bestEffort {
 		if p.spool.len() > 0 || p.publish(ctx, q.Message, false) != nil {
@@ -402,12 +420,44 @@ func (p *Publisher) send(ctx context.Context, q queued) {
 			p.log.Warn("mqtt: publish failed, result spooled", "topic", q.Topic, "err", err)
 		}
 	}
-	if err := p.spool.push(q.Message); err != nil {
-		p.spool.drops.Add(1)
-		p.log.Error("spool: result lost", "topic", q.Topic, "err", err)
+	err := p.spool.push(q.Message)
+	if err == nil {
+		p.spooled.Add(1)
+		p.spoolWritable()
 		return
 	}
-	p.spooled.Add(1)
+	if p.spool.len() > 0 && p.publish(ctx, q.Message, false) == nil {
+		p.published.Add(1)
+		p.log.Warn("spool: not writable; result published ahead of the spooled ones", "topic", q.Topic, "err", err)
+		return
+	}
+	p.spool.drops.Add(1)
+	p.spoolFailed(q.Topic, err)
+}
+
+// spoolFailed counts a result lost because the spool could not be
+// written, and logs it: the first loss at once, then a summary every 10 s
+// while the spool stays unwritable.
+func (p *Publisher) spoolFailed(topic string, err error) {
+	n := p.writeFailed.Add(1)
+	switch {
+	case !p.spoolBroken:
+		p.spoolBroken, p.brokenSince, p.brokenLog = true, n-1, time.Now()
+		p.log.Error("spool: cannot write, result lost; while the broker is away every result is lost (counted in spool_dropped) until "+
+			"the spool folder is writable again: free space on its file system or fix its permissions",
+			"dir", p.cfg.SpoolDir, "topic", topic, "spool_len", p.spool.len(), "err", err)
+	case time.Since(p.brokenLog) >= 10*time.Second:
+		p.brokenLog = time.Now()
+		p.log.Error("spool: still not writable, results lost", "dir", p.cfg.SpoolDir, "lost", n-p.brokenSince, "err", err)
+	}
+}
+
+// spoolWritable logs the end of a spell of failed spool writes.
+func (p *Publisher) spoolWritable() {
+	if p.spoolBroken {
+		p.spoolBroken = false
+		p.log.Info("spool: writable again", "dir", p.cfg.SpoolDir, "lost", p.writeFailed.Load()-p.brokenSince)
+	}
 }
 
 // replay publishes up to n spooled results, oldest first, and stops at
@@ -447,9 +497,45 @@ func (p *Publisher) publish(ctx context.Context, m Message, retained bool) error
 	}
 	tok := p.client.Publish(m.Topic, p.cfg.QoS, retained, m.Payload)
 	if !tok.WaitTimeout(p.cfg.Timeout) {
+		p.unacked.Add(1)
+		if p.unackedRow++; p.unackedRow >= maxUnacked {
+			p.dropConnection()
+		}
 		return fmt.Errorf("no acknowledgement within %s", p.cfg.Timeout)
 	}
+	p.unackedRow = 0
 	return tok.Error()
+}
+
+// maxUnacked is how many publishes in a row may go unacknowledged before
+// gnld takes the connection for dead and makes a new one.
+const maxUnacked = 3
+
+// dropConnection ends a connection that is open but does not work: the
+// broker accepts publishes and acknowledges none (overloaded, or a
+// network path that lets pings through). paho would keep each
+// unacknowledged message in memory and resend it; a new clean connection
+// starts afresh, and the spool holds the results meanwhile.
+func (p *Publisher) dropConnection() {
+	p.unackedRow = 0
+	n := p.disconnects.Add(1)
+	p.mu.Lock()
+	p.downSince, p.spooledDown = time.Now(), p.spooled.Load()
+	p.mu.Unlock()
+	p.log.Warn(fmt.Sprintf("mqtt: the broker acknowledged none of the last %d publishes within GNLD_MQTT_TIMEOUT; reconnecting, results go to the spool meanwhile", maxUnacked),
+		"broker", p.broker, "timeout", p.cfg.Timeout, "unacked_total", p.unacked.Load(), "disconnects", n)
+	p.client.Disconnect(250)
+	// Connect again, in the background and retried like the first; paho
+	// refuses until the disconnect has finished, which may outlast the
+	// 250 ms above.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		tok := p.client.Connect()
+		if !tok.WaitTimeout(20*time.Millisecond) || tok.Error() == nil {
+			return // connecting, or connected
+		}
+	}
+	p.log.Error("mqtt: could not reconnect after dropping the connection; results stay in the spool until the next start",
+		"broker", p.broker)
 }
 
 func (p *Publisher) sendStats(ctx context.Context) {
@@ -458,8 +544,12 @@ func (p *Publisher) sendStats(ctx context.Context) {
 		Device  string    `json:"device"`
 		Uptime  float64   `json:"uptime_s"`
 		MQTT    Stats     `json:"mqtt"`
+		Model   any       `json:"model,omitempty"`
 		Cameras any       `json:"cameras,omitempty"`
-	}{time.Now().UTC(), p.cfg.Device, time.Since(p.start).Seconds(), p.Stats(), nil}
+	}{time.Now().UTC(), p.cfg.Device, time.Since(p.start).Seconds(), p.Stats(), nil, nil}
+	if p.cfg.StatsModel != nil {
+		s.Model = p.cfg.StatsModel()
+	}
 	if p.cfg.StatsExtra != nil {
 		s.Cameras = p.cfg.StatsExtra()
 	}

@@ -61,10 +61,14 @@ func New(modelPath string, opt Options) (*Interpreter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(modelPath); err != nil {
+	data, err := os.ReadFile(modelPath)
+	if err != nil {
 		return nil, fmt.Errorf("%s: cannot open model: %w; run `gnl export` to write the bundle, or point --model at a bundle folder", modelPath, err)
 	}
-	model := tflite.NewModelFromFile(modelPath)
+	model, err := newModel(data) // a private copy: see newModel
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
+	}
 	if model == nil {
 		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (truncated or corrupt?); re-export the bundle with `gnl export`", modelPath)
 	}

@@ -165,9 +165,14 @@ func (d *daemon) reload(ctx context.Context) error {
 	b, set, lt, err := d.loadScorers()
 	d.loadedFP = fp // a refused bundle is not retried until it changes again
 	if err != nil {
-		d.log.Error("model: reload refused; the old model keeps serving", "serving", serving.Version, "err", err)
+		n := d.refused.Add(1)
+		msg := err.Error()
+		d.refusal.Store(&msg)
+		d.log.Error("model: reload refused; the old model keeps serving", "serving", serving.Version, "refused", n, "err", err)
+		d.pub.StatsNow()
 		return err
 	}
+	d.reloaded.Add(1)
 	for i, c := range d.cams {
 		if stale := c.next.Swap(set[i]); stale != nil {
 			stale.close() // an earlier reload the worker had not taken yet

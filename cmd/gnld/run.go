@@ -102,6 +102,30 @@ type daemon struct {
 	bundle   atomic.Pointer[models.Bundle] // the bundle loaded last
 	reloadMu sync.Mutex                    // one reload at a time; guards loadedFP
 	loadedFP string                        // modelFingerprint when the last load began
+	// reloaded and refused count reloads put into service and refused;
+	// refusal is the last refusal's error (stats topic).
+	reloaded, refused atomic.Uint64
+	refusal          atomic.Pointer[string]
+}
+
+// modelStats is the "model" part of the stats topic: the bundle loaded
+// last and the reloads since start.
+type modelStats struct {
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	SHA256      string `json:"sha256"`
+	Reloads     uint64 `json:"reloads"`                // bundles loaded and put into service
+	Refused     uint64 `json:"reloads_refused"`        // bundles refused; the model in service stayed
+	LastRefusal string `json:"last_refusal,omitempty"` // why the last one was refused
+}
+
+func (d *daemon) modelStats() any {
+	m := d.model().Meta
+	st := modelStats{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256, Reloads: d.reloaded.Load(), Refused: d.refused.Load()}
+	if r := d.refusal.Load(); r != nil {
+		st.LastRefusal = *r
+	}
+	return st
 }
 
 // camera is one camera's capture, its model (used only by its worker
@@ -149,7 +173,8 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		return nil, err
 	}
 	d.bundle.Store(b)
-	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher})
+	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher,
+		Model: func() metrics.ModelStats { return metrics.ModelStats{Reloads: d.reloaded.Load(), Refused: d.refused.Load()} }})
 	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
 		c := &camera{name: cc.name, metrics: d.metrics.Camera(cc.name)}
@@ -167,6 +192,7 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	}
 	pc := cfg.publishConfig()
 	pc.StatsExtra = d.cameraStats
+	pc.StatsModel = d.modelStats
 	if d.pub, err = publish.New(pc, log); err != nil {
 		d.close()
 		return nil, err
@@ -484,5 +510,6 @@ func (d *daemon) metricsPublisher() metrics.PublisherStats {
 	return metrics.PublisherStats{
 		Connected: s.Connected, Published: s.Published, Spooled: s.Spooled, Replayed: s.Replayed,
 		SpoolLen: s.SpoolLen, SpoolDropped: s.SpoolDropped, MapsSkipped: s.MapsSkipped, Disconnects: s.Disconnects,
+		Unacked: s.Unacked, SpoolWriteFailed: s.SpoolWriteFailed,
 	}
 }

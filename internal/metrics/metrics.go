@@ -35,6 +35,9 @@ type CameraStats struct {
 	Scored     uint64 // frames the model scored
 	Anomalous  uint64 // of those, anomalous
 	Skipped    uint64 // frames the pipeline refused
+	// SizeChanges: times a camera's frames changed size (the new size is
+	// used from then on).
+	SizeChanges uint64
 }
 
 // PublisherStats are the MQTT publisher's counters, read at each scrape.
@@ -47,12 +50,25 @@ type PublisherStats struct {
 	SpoolDropped uint64
 	MapsSkipped  uint64
 	Disconnects  uint64
+	// Unacked: publishes the broker did not acknowledge within
+	// GNLD_MQTT_TIMEOUT (the result went to the spool).
+	Unacked uint64
+	// SpoolWriteFailed: results lost because the spool could not be
+	// written (disk full, read-only); part of SpoolDropped.
+	SpoolWriteFailed uint64
+}
+
+// ModelStats count model reloads (SIGHUP, GNLD_MODEL_WATCH).
+type ModelStats struct {
+	Reloads uint64 // bundles loaded and put into service
+	Refused uint64 // bundles refused; the model in service stayed
 }
 
 // Sources are read at each scrape; both must be goroutine-safe.
 type Sources struct {
 	Cameras   func() map[string]CameraStats
 	Publisher func() PublisherStats
+	Model     func() ModelStats
 }
 
 // Stages are the stage label values of gnld_stage_duration_seconds.
@@ -162,7 +178,8 @@ type collector struct {
 	stalls, scored, anomalies, skipped    *prometheus.Desc
 	connected, disconnects, published     *prometheus.Desc
 	spooled, replayed, spoolLen, spoolDrp *prometheus.Desc
-	mapsSkipped                           *prometheus.Desc
+	mapsSkipped, unacked, spoolWriteFail  *prometheus.Desc
+	sizeChanges, reloads                  *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -188,12 +205,19 @@ func newCollector(src Sources) *collector {
 		spoolLen:    one("gnld_spool_length", "Results waiting in the spool now."),
 		spoolDrp:    one("gnld_spool_dropped_total", "Results lost: spool full (oldest first) or not writable."),
 		mapsSkipped: one("gnld_maps_skipped_total", "Anomaly maps not sent because the broker was away."),
+		unacked:     one("gnld_mqtt_unacknowledged_total", "Publishes the broker did not acknowledge within GNLD_MQTT_TIMEOUT; the result went to the spool."),
+		spoolWriteFail: one("gnld_spool_write_failures_total",
+			"Results lost because the spool could not be written (disk full, read-only); also counted in gnld_spool_dropped_total."),
+		sizeChanges: cam("gnld_frames_size_changes_total", "Times the camera's frame size changed; frames of the new size are scored."),
+		reloads: prometheus.NewDesc("gnld_model_reloads_total",
+			"Model reloads (SIGHUP, GNLD_MODEL_WATCH) by result: loaded (in service), refused (the model in service stayed).", []string{"result"}, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.captured, c.dropped, c.bad, c.skipped, c.scored, c.anomalies, c.reconnects, c.stalls,
-		c.connected, c.disconnects, c.published, c.spooled, c.replayed, c.spoolLen, c.spoolDrp, c.mapsSkipped} {
+		c.connected, c.disconnects, c.published, c.spooled, c.replayed, c.spoolLen, c.spoolDrp, c.mapsSkipped,
+		c.unacked, c.spoolWriteFail, c.sizeChanges, c.reloads} {
 		ch <- d
 	}
 }
@@ -212,6 +236,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.anomalies, s.Anomalous, name)
 			counter(c.reconnects, s.Reconnects, name)
 			counter(c.stalls, s.Stalls, name)
+			counter(c.sizeChanges, s.SizeChanges, name)
 		}
 	}
 	if c.src.Publisher != nil {
@@ -228,5 +253,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.spoolLen, prometheus.GaugeValue, float64(p.SpoolLen))
 		counter(c.spoolDrp, p.SpoolDropped)
 		counter(c.mapsSkipped, p.MapsSkipped)
+		counter(c.unacked, p.Unacked)
+		counter(c.spoolWriteFail, p.SpoolWriteFailed)
+	}
+	if c.src.Model != nil {
+		m := c.src.Model()
+		counter(c.reloads, m.Reloads, "loaded")
+		counter(c.reloads, m.Refused, "refused")
 	}
 }
