@@ -76,7 +76,11 @@ func (f *Frame) Close() error { return f.Mat.Close() }
 type Stats struct {
 	Frames     uint64 `json:"frames"`     // handed to the consumer
 	Dropped    uint64 `json:"dropped"`    // replaced by a newer frame before the consumer took them
-	Bad        uint64 `json:"bad"`        // empty, wrong size or ROI outside the frame; skipped
+	Bad        uint64 `json:"bad"`        // empty, not 8-bit colour or ROI outside the frame; skipped
+	// SizeChanges counts the times a device's, stream's or video file's
+	// frames changed size (a camera reconfigured, a stream renegotiated):
+	// frames of the new size are handed on. Folder images may all differ.
+	SizeChanges uint64 `json:"size_changes"`
 	Reconnects uint64 `json:"reconnects"` // connections that failed or ended unexpectedly
 	Stalls     uint64 `json:"stalls"`     // of those, connections the watchdog abandoned
 }
@@ -89,9 +93,10 @@ type Camera struct {
 
 	// Used only by Run's goroutine.
 	seq      uint64
-	lastFile string // last file of a folder handed on or skipped
+	lastFile string    // last file of a folder handed on or skipped
+	sizeWarn time.Time // rate-limits the size change warning
 
-	frames, dropped, bad, reconnects, stalls atomic.Uint64
+	frames, dropped, bad, reconnects, stalls, sizeChanges atomic.Uint64
 }
 
 // New checks cfg and returns a camera that has not started reading.
@@ -121,7 +126,7 @@ func (c *Camera) Frames() <-chan Frame { return c.out }
 func (c *Camera) Stats() Stats {
 	return Stats{
 		Frames: c.frames.Load(), Dropped: c.dropped.Load(), Bad: c.bad.Load(),
-		Reconnects: c.reconnects.Load(), Stalls: c.stalls.Load(),
+		Reconnects: c.reconnects.Load(), Stalls: c.stalls.Load(), SizeChanges: c.sizeChanges.Load(),
 	}
 }
 
@@ -193,7 +198,7 @@ func (c *Camera) session(ctx context.Context) (delivered int, err error) {
 
 	watchdog := time.NewTimer(c.cfg.ReadTimeout)
 	defer watchdog.Stop()
-	var size image.Point // of this connection's first good frame
+	var size image.Point // of this connection's last good frame
 	var next time.Time   // FPS pacing
 	for {
 		select {
@@ -272,14 +277,21 @@ func (c *Camera) prepare(m gocv.Mat, size *image.Point) (gocv.Mat, string) {
 		return gocv.Mat{}, "empty or not 8-bit BGR"
 	}
 	got := image.Pt(m.Cols(), m.Rows())
-	// Images in a folder may differ in size; a camera's frames may not.
+	// Images in a folder may differ in size. A camera's frames changing
+	// size is worth a warning (the camera was reconfigured, the stream
+	// renegotiated): the pipeline scales any size to the model's input,
+	// so the frames are scored, but the ROI and the drift statistics were
+	// set up for the old size.
 	if c.cfg.Source.Kind != KindDir {
-		if *size == (image.Point{}) {
-			*size = got
-		} else if got != *size {
-			m.Close()
-			return gocv.Mat{}, fmt.Sprintf("size %dx%d, stream started at %dx%d", got.X, got.Y, size.X, size.Y)
+		if *size != (image.Point{}) && got != *size {
+			n := c.sizeChanges.Add(1)
+			if time.Since(c.sizeWarn) >= 10*time.Second {
+				c.sizeWarn = time.Now()
+				c.log.Warn("capture: frame size changed; frames of the new size are scored (check the camera's settings and GNLD_CAMERA_<NAME>_ROI)",
+					"from", fmt.Sprintf("%dx%d", size.X, size.Y), "to", fmt.Sprintf("%dx%d", got.X, got.Y), "size_changes", n)
+			}
 		}
+		*size = got
 	}
 	if roi := c.cfg.ROI; roi != (image.Rectangle{}) {
 		if !roi.In(image.Rectangle{Max: got}) {

@@ -498,7 +498,7 @@ func (d *daemon) metricsCameras() map[string]metrics.CameraStats {
 	for _, c := range d.cams {
 		s := c.cap.Stats()
 		out[c.name] = metrics.CameraStats{
-			Captured: s.Frames, Dropped: s.Dropped, Bad: s.Bad, Reconnects: s.Reconnects, Stalls: s.Stalls,
+			Captured: s.Frames, Dropped: s.Dropped, Bad: s.Bad, Reconnects: s.Reconnects, Stalls: s.Stalls, SizeChanges: s.SizeChanges,
 			Scored: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
 		}
 	}

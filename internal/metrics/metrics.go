@@ -29,7 +29,7 @@ import (
 type CameraStats struct {
 	Captured   uint64 // frames capture handed to the pipeline
 	Dropped    uint64 // live frames replaced by a newer one before the pipeline took them
-	Bad        uint64 // frames capture refused (empty, wrong size, ROI outside)
+	Bad        uint64 // frames capture refused (empty, not 8-bit colour, ROI outside)
 	Reconnects uint64 // source connections that failed or ended unexpectedly
 	Stalls     uint64 // of those, connections the capture watchdog abandoned
 	Scored     uint64 // frames the model scored
@@ -191,7 +191,7 @@ func newCollector(src Sources) *collector {
 		src:         src,
 		captured:    cam("gnld_frames_captured_total", "Frames the camera handed to the pipeline."),
 		dropped:     cam("gnld_frames_dropped_total", "Live frames replaced by a newer one before the pipeline took them (model slower than the camera)."),
-		bad:         cam("gnld_frames_bad_total", "Frames capture refused: empty, not 8-bit colour, size changed, ROI outside the frame."),
+		bad:         cam("gnld_frames_bad_total", "Frames capture refused: empty, not 8-bit colour, ROI outside the frame."),
 		skipped:     cam("gnld_frames_skipped_total", "Frames the pipeline refused."),
 		scored:      cam("gnld_frames_scored_total", "Frames the model scored (one result each)."),
 		anomalies:   cam("gnld_anomalies_total", "Scored frames with score >= threshold."),
