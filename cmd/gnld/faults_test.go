@@ -594,3 +594,95 @@ func TestFrameSizeChanges(t *testing.T) {
 		t.Errorf("video: %d size changes: OpenCV's FFmpeg backend now follows a size change; update README and this test", n)
 	}
 }
+
+// Clock jumps. This process cannot move the system clock (no
+// CAP_SYS_TIME here, and the machine is shared), so the test goes in
+// where wall-clock time enters gnld from outside: results in the spool
+// written by a run whose clock was ten years ahead (timestamps, run_id and
+// file times from the future), and triggers whose payloads carry
+// timestamps far in the past and the future. The spool is replayed in the
+// order it was written, before the new run's results, none lost; each
+// trigger is answered by the next frame, its fields echoed, its latency
+// measured from its arrival. (gnld's own intervals, keep-alives, worker
+// beats and the page's history are on the monotonic clock or tolerate a
+// step: see health.go, internal/sdnotify and TestHistoryClockSetBack.)
+func TestClockJumps(t *testing.T) {
+	dir1, files1 := mtdSamples(t, 3, "good")
+	dir2, _ := mtdSamples(t, 2, "crack")
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	b.Stop()
+	spool := filepath.Join(t.TempDir(), "spool")
+	err, log := runGnld(t, context.Background(), baseEnv(t, b.URL(), map[string]string{
+		"GNLD_CAMERAS": "cam=dir:" + dir1, "GNLD_SPOOL_DIR": spool, "GNLD_SHUTDOWN_TIMEOUT": "1s",
+	}))
+	if err != nil {
+		t.Fatalf("run 1: %v\n%s", err, log)
+	}
+	// Move run 1 ten years ahead: result timestamps, run_id, file times.
+	ahead := 10 * 365 * 24 * time.Hour
+	msgs, _ := filepath.Glob(filepath.Join(spool, "*.msg"))
+	if len(msgs) != len(files1) {
+		t.Fatalf("%d results spooled, want %d", len(msgs), len(files1))
+	}
+	var futureRun string
+	for _, m := range msgs {
+		data, _ := os.ReadFile(m)
+		topic, payload, _ := strings.Cut(string(data), "\n")
+		var r publish.Result
+		if err := json.Unmarshal([]byte(payload), &r); err != nil {
+			t.Fatal(err)
+		}
+		r.Timestamp = r.Timestamp.Add(ahead)
+		futureRun = r.Timestamp.Format("20060102T150405") + "-future"
+		r.RunID = futureRun
+		p, _ := json.Marshal(r)
+		os.WriteFile(m, []byte(topic+"\n"+string(p)), 0o600)
+		os.Chtimes(m, time.Now().Add(ahead), time.Now().Add(ahead))
+	}
+
+	// Run 2, clock back to now: a folder camera and a triggered one.
+	b.Restart()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log2, wait := startGnld(t, ctx, baseEnv(t, b.URL(), map[string]string{
+		"GNLD_CAMERAS": "cam=dir:" + dir2 + ",trig=dir:" + dir2, "GNLD_SPOOL_DIR": spool, "GNLD_LOG_LEVEL": "info",
+		"GNLD_CAMERA_TRIG_TRIGGER": "mqtt", "GNLD_CAMERA_TRIG_LOOP": "true", "GNLD_CAMERA_TRIG_FPS": "10",
+		"GNLD_EXIT_WHEN_DONE": "false",
+	}))
+	sub.WaitFor(t, 20*time.Second, "both runs' results", func([]testbroker.Msg) bool { return len(results(t, sub, "cam")) == 3+2 })
+	c := plc(t, b)
+	for _, p := range []string{`{"part_id":"past","timestamp":"1970-01-01T00:00:00Z"}`, `{"part_id":"future","timestamp":"2999-12-31T23:59:59Z"}`,
+		`{"part_id":"epoch","timestamp":0}`} {
+		send(t, c, "gnl/test/trig/trigger", p, false)
+	}
+	sub.WaitFor(t, 20*time.Second, "3 triggered results", func([]testbroker.Msg) bool { return len(results(t, sub, "trig")) == 3 })
+	cancel()
+	if err := wait(); err != nil {
+		t.Fatalf("run 2: %v\n%s", err, log2)
+	}
+
+	rs := results(t, sub, "cam")
+	for i, r := range rs {
+		wantRun, wantSeq := futureRun, uint64(i+1)
+		if i >= 3 {
+			wantRun, wantSeq = rs[3].RunID, uint64(i-2)
+		}
+		if r.RunID != wantRun || r.Sequence != wantSeq {
+			t.Errorf("result %d: run %s seq %d; want run %s seq %d (the spool first, in order)", i, r.RunID, r.Sequence, wantRun, wantSeq)
+		}
+	}
+	if rs[0].Timestamp.Before(time.Now().Add(ahead / 2)) {
+		t.Errorf("the spooled results' timestamps changed: %v", rs[0].Timestamp)
+	}
+	for i, r := range results(t, sub, "trig") {
+		want := []string{"past", "future", "epoch"}[i]
+		var ts any
+		json.Unmarshal(r.Trigger["timestamp"], &ts)
+		if r.PartID != want || ts == nil || r.LatencyMS.Trigger <= 0 || r.LatencyMS.Trigger > 5000 || time.Since(r.Timestamp) > time.Minute {
+			t.Errorf("trigger %s: part %s, echoed timestamp %v, trigger latency %v ms, frame time %v", want, r.PartID, ts, r.LatencyMS.Trigger, r.Timestamp)
+		}
+	}
+	t.Logf("spool from a clock 10 years ahead replayed first, in order; triggers from 1970 and 2999 answered in %.0f, %.0f, %.0f ms",
+		results(t, sub, "trig")[0].LatencyMS.Trigger, results(t, sub, "trig")[1].LatencyMS.Trigger, results(t, sub, "trig")[2].LatencyMS.Trigger)
+}
