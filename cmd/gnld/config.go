@@ -46,17 +46,17 @@ type Config struct {
 	MQTTBroker       string        `envconfig:"MQTT_BROKER" default:"tcp://127.0.0.1:1883" desc:"MQTT broker URL: tcp://, ssl://, tls://, mqtts://, ws:// or wss://."`
 	MQTTClientID     string        `envconfig:"MQTT_CLIENT_ID" desc:"MQTT client ID, unique per device (a shared ID makes availability flap); empty: gnld-<device>."`
 	MQTTUsername     string        `envconfig:"MQTT_USERNAME" desc:"MQTT user name."`
-	MQTTPassword     string        `envconfig:"MQTT_PASSWORD" desc:"MQTT password."`
+	MQTTPassword     string        `envconfig:"MQTT_PASSWORD" desc:"MQTT password; never logged nor shown."`
 	MQTTCAFile       string        `envconfig:"MQTT_CA_FILE" desc:"PEM file of the CA that signed the broker's certificate; empty: the system's CAs."`
 	MQTTCertFile     string        `envconfig:"MQTT_CERT_FILE" desc:"PEM client certificate for TLS client authentication (with GNLD_MQTT_KEY_FILE)."`
 	MQTTKeyFile      string        `envconfig:"MQTT_KEY_FILE" desc:"PEM private key of GNLD_MQTT_CERT_FILE."`
 	MQTTQoS          int           `envconfig:"MQTT_QOS" default:"1" desc:"QoS of results and maps: 0, 1 or 2. With 0 the broker does not acknowledge: a result sent as the connection drops is lost (while it is down, results are spooled at any QoS)."`
-	MQTTTimeout      time.Duration `envconfig:"MQTT_TIMEOUT" default:"5s" desc:"Limit for connecting and for each acknowledgement; a result not acknowledged in time is spooled."`
+	MQTTTimeout      time.Duration `envconfig:"MQTT_TIMEOUT" default:"5s" desc:"Limit for connecting and for each acknowledgement; a result not acknowledged in time is spooled, and after 3 in a row the connection is made anew."`
 	MQTTReconnectMax time.Duration `envconfig:"MQTT_RECONNECT_MAX" default:"30s" desc:"Cap of the MQTT reconnect backoff."`
 
 	Map           string        `default:"off" desc:"Publish the anomaly map on gnl/<site>/<camera>/map: off, png (heat map over the frame) or raw (8-bit map, row-major). Never spooled nor retained."`
 	StatsInterval time.Duration `split_words:"true" default:"60s" desc:"Period of the stats topic gnl/<site>/<device>/stats; 0 turns it off."`
-	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts)."`
+	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts); made 0700, its files 0600."`
 	SpoolMax      int           `split_words:"true" default:"10000" desc:"Most results the spool keeps; when full the oldest are dropped, counted and logged."`
 
 	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy; when full, further triggers are refused, counted (trigger.overflow in the stats topic) and logged."`
