@@ -74,15 +74,15 @@ func (f *Frame) Close() error { return f.Mat.Close() }
 
 // Stats are a camera's counters since start.
 type Stats struct {
-	Frames     uint64 `json:"frames"`     // handed to the consumer
-	Dropped    uint64 `json:"dropped"`    // replaced by a newer frame before the consumer took them
-	Bad        uint64 `json:"bad"`        // empty, not 8-bit colour or ROI outside the frame; skipped
+	Frames  uint64 `json:"frames"`  // handed to the consumer
+	Dropped uint64 `json:"dropped"` // replaced by a newer frame before the consumer took them
+	Bad     uint64 `json:"bad"`     // empty, not 8-bit colour or ROI outside the frame; skipped
 	// SizeChanges counts the times a device's, stream's or video file's
 	// frames changed size (a camera reconfigured, a stream renegotiated):
 	// frames of the new size are handed on. Folder images may all differ.
 	SizeChanges uint64 `json:"size_changes"`
-	Reconnects uint64 `json:"reconnects"` // connections that failed or ended unexpectedly
-	Stalls     uint64 `json:"stalls"`     // of those, connections the watchdog abandoned
+	Reconnects  uint64 `json:"reconnects"` // connections that failed or ended unexpectedly
+	Stalls      uint64 `json:"stalls"`     // of those, connections the watchdog abandoned
 }
 
 // Camera reads one source. See the package comment for its lifecycle.

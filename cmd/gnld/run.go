@@ -105,7 +105,7 @@ type daemon struct {
 	// reloaded and refused count reloads put into service and refused;
 	// refusal is the last refusal's error (stats topic).
 	reloaded, refused atomic.Uint64
-	refusal          atomic.Pointer[string]
+	refusal           atomic.Pointer[string]
 }
 
 // modelStats is the "model" part of the stats topic: the bundle loaded
@@ -174,7 +174,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	}
 	d.bundle.Store(b)
 	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher,
-		Model: func() metrics.ModelStats { return metrics.ModelStats{Reloads: d.reloaded.Load(), Refused: d.refused.Load()} }})
+		Model: func() metrics.ModelStats {
+			return metrics.ModelStats{Reloads: d.reloaded.Load(), Refused: d.refused.Load()}
+		}})
 	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
 		c := &camera{name: cc.name, metrics: d.metrics.Camera(cc.name)}

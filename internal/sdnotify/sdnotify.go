@@ -32,9 +32,9 @@ type Notifier struct {
 	// next is when Watchdog may send again, in nanoseconds since start on
 	// the monotonic clock: a system clock set back (NTP, an RTC-less
 	// device at boot) must not hold back the keep-alives.
-	start time.Time
-	next  atomic.Int64
-	failed   atomic.Bool   // a send failed (logged once)
+	start  time.Time
+	next   atomic.Int64
+	failed atomic.Bool // a send failed (logged once)
 }
 
 // New reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
