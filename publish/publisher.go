@@ -115,6 +115,7 @@ type Publisher struct {
 
 	// Used only by Run's goroutine.
 	unackedRow  int       // publishes in a row not acknowledged in time
+	replayHold  time.Time // no replay before: the last publish was not acknowledged
 	spoolBroken bool      // the last spool write failed
 	brokenSince uint64    // writeFailed when it began
 	brokenLog   time.Time // the last log line about it
@@ -462,7 +463,15 @@ func (p *Publisher) spoolWritable() {
 
 // replay publishes up to n spooled results, oldest first, and stops at
 // the first that is not acknowledged.
+//
+// After a publish that was not acknowledged it waits one Config.Timeout
+// before it tries again: each try holds the sender for that long, and the
+// results that keep coming must get to the spool meanwhile (else the
+// queue fills and the cameras' workers wait).
 func (p *Publisher) replay(ctx context.Context, n int) {
+	if time.Now().Before(p.replayHold) {
+		return
+	}
 	had := p.spool.len()
 	for range n {
 		m, ok := p.spool.peek()
@@ -498,6 +507,7 @@ func (p *Publisher) publish(ctx context.Context, m Message, retained bool) error
 	tok := p.client.Publish(m.Topic, p.cfg.QoS, retained, m.Payload)
 	if !tok.WaitTimeout(p.cfg.Timeout) {
 		p.unacked.Add(1)
+		p.replayHold = time.Now().Add(p.cfg.Timeout)
 		if p.unackedRow++; p.unackedRow >= maxUnacked {
 			p.dropConnection()
 		}

@@ -158,7 +158,9 @@ func checkAllDelivered(t *testing.T, sub *testbroker.Subscriber, camera string, 
 // publish (the silent broker above, on the port of a real mosquitto that
 // is stopped meanwhile). gnld spools every result, says so, counts the
 // unacknowledged publishes, drops and remakes the connection after 3 in a
-// row, and keeps scoring frames with the systemd keep-alives on time. Once
+// row, keeps spooling results as they come (a try holds the sender for
+// GNLD_MQTT_TIMEOUT, so it waits that long before the next), and keeps
+// scoring frames with the systemd keep-alives on time. Once
 // the real broker is back on that port every scored frame's result
 // reaches the subscriber.
 func TestBrokerNeverAcks(t *testing.T) {
@@ -184,6 +186,7 @@ func TestBrokerNeverAcks(t *testing.T) {
 	b.Stop()
 	silent := startSilentBroker(t, b.Port)
 	from := time.Now()
+	scoredBefore := metric(scrape(t, base), "gnld_frames_scored_total", "camera", "cam")
 	waitLog(t, log, "acknowledged none of the last 3 publishes", 2)
 	time.Sleep(2 * time.Second)
 	mf := scrape(t, base)
@@ -191,11 +194,13 @@ func TestBrokerNeverAcks(t *testing.T) {
 	scoredMid := metric(mf, "gnld_frames_scored_total", "camera", "cam")
 	gap := longestGap(sock.with("WATCHDOG=1"), from, time.Now())
 	silent.stop()
-	t.Logf("silent broker: %d connections, %d publishes swallowed, %.0f unacknowledged, spool %.0f, longest keep-alive gap %s",
-		silent.conns.Load(), silent.publishes.Load(), unacked, spoolLen, gap.Round(time.Millisecond))
-	if unacked < 3 || spoolLen < 5 || silent.publishes.Load() < 3 || silent.conns.Load() < 2 {
-		t.Errorf("with a broker that never acknowledges: unacked %v, spool %v, publishes %d, connections %d; want results spooled, counted, and a new connection",
-			unacked, spoolLen, silent.publishes.Load(), silent.conns.Load())
+	t.Logf("silent broker for %s: %.0f frames scored, %d connections, %d publishes swallowed, %.0f unacknowledged, spool %.0f, longest keep-alive gap %s",
+		time.Since(from).Round(time.Millisecond), scoredMid-scoredBefore, silent.conns.Load(), silent.publishes.Load(), unacked, spoolLen, gap.Round(time.Millisecond))
+	// The results reach the spool as they come (the sender is not held up
+	// by the tries), except those queued for it.
+	if unacked < 3 || spoolLen < (scoredMid-scoredBefore)/2 || silent.publishes.Load() < 3 || silent.conns.Load() < 2 {
+		t.Errorf("with a broker that never acknowledges: unacked %v, spool %v, publishes %d, connections %d; want results spooled, counted, and a new connection\n%s",
+			unacked, spoolLen, silent.publishes.Load(), silent.conns.Load(), log)
 	}
 	if gap >= watchdog {
 		t.Errorf("keep-alives %s apart while the broker did not acknowledge (WatchdogSec %s): systemd would have killed gnld", gap, watchdog)
