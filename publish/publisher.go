@@ -252,7 +252,7 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	p.subscribe(c) // first: "online" says gnld listens
 	tok := c.Publish(p.statusTopic(), 1, true, "online")
 	if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
-		p.log.Warn("mqtt: status online not acknowledged", "err", tok.Error())
+		p.log.Warn("mqtt: status online not acknowledged", "err", ackErr(tok, p.cfg.Timeout))
 	}
 	p.mu.Lock()
 	since, spooled := p.downSince, p.spooled.Load()-p.spooledDown
@@ -498,6 +498,14 @@ func (p *Publisher) replay(ctx context.Context, n int) {
 
 var errOffline = errors.New("not connected")
 
+// ackErr says why tok, waited for up to timeout, did not complete well.
+func ackErr(tok mqtt.Token, timeout time.Duration) error {
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	return fmt.Errorf("no acknowledgement within %s", timeout)
+}
+
 // publish sends m and waits for the acknowledgement (QoS 1, 2) or the
 // write (QoS 0), at most Config.Timeout.
 func (p *Publisher) publish(ctx context.Context, m Message, retained bool) error {
@@ -603,7 +611,7 @@ func (p *Publisher) disconnect() {
 	if p.client.IsConnectionOpen() {
 		tok := p.client.Publish(p.statusTopic(), 1, true, "offline")
 		if !tok.WaitTimeout(p.cfg.Timeout) || tok.Error() != nil {
-			p.log.Warn("mqtt: status offline not acknowledged", "err", tok.Error())
+			p.log.Warn("mqtt: status offline not acknowledged", "err", ackErr(tok, p.cfg.Timeout))
 		}
 	}
 	p.client.Disconnect(250)
