@@ -311,11 +311,11 @@ func TestCorruptBundleMidRun(t *testing.T) {
 		corrupt    func()
 	}{
 		{"model.tflite cut short", tflite + ": SHA-256 is ", func() { os.WriteFile(tflite, good[:len(good)/3], 0o644) }},
-		{"model.tflite not a model, hash matching", tflite + ": not a TensorFlow Lite flatbuffer (truncated or corrupt?)", func() {
+		{"model.tflite not a model, hash matching", tflite + ": not a TensorFlow Lite flatbuffer (", func() {
 			os.WriteFile(tflite, []byte(strings.Repeat("not a flatbuffer ", 4096)), 0o644)
 			setHash(t, bundle)
 		}},
-		{"model.tflite cut short, hash matching", tflite + ": not a TensorFlow Lite flatbuffer (truncated or corrupt?)", func() {
+		{"model.tflite cut short, hash matching", tflite + ": not a TensorFlow Lite flatbuffer (", func() {
 			os.WriteFile(tflite, good[:len(good)/2], 0o644)
 			setHash(t, bundle)
 		}},
