@@ -32,7 +32,7 @@ from torch import Tensor, nn
 METHODS: tuple[str, ...] = ("gnl", "rd4ad")
 EPS = 1e-8
 # Teachers built from bottleneck blocks; RD4AD mirrors them with bottleneck blocks too.
-BOTTLENECK_BACKBONES: tuple[str, ...] = ("wide_resnet50_2",)
+BOTTLENECK_BACKBONES: tuple[str, ...] = ("wide_resnet50_2", "resnet50-v2")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,14 @@ maps at strides 4, 8 and 16 (the levels RD4AD and DeSTSeg distil from).
     0.97 with those the Lite normalisation predicts.
   `Teacher.mean`/`Teacher.std` carry the normalisation each backbone needs.
 * "resnet18", "wide_resnet50_2": torchvision models, layer1-3.
+* "resnet50-v2": Gluon's ResNet50-v2 (He et al., "Identity Mappings in Deep
+  Residual Networks", ECCV 2016: pre-activation bottlenecks), stem through
+  stage 3, read from `../shared/weights/resnet50-v2/resnet50-v2-stage1-3.npz`
+  (the ONNX model zoo's resnet50-v2-7 initializers; its README gives the
+  architecture and tensor names). Gluon normalises the data with a batch norm
+  of its own (`batchnorm0`) after ImageNet's mean/std; both are per-channel
+  affine, so they are folded into `Teacher.mean`/`std` and the deployed
+  normalisation (model.json) stays one mean/std.
 
 Weights are only ever read from disk; nothing downloads.
 """
@@ -43,7 +51,8 @@ from torch import Tensor, nn
 
 EFFNET = "efficientnet-lite0"
 LITE_VARIANTS = (EFFNET, "efficientnet-lite1", "efficientnet-lite2")
-BACKBONES = (*LITE_VARIANTS, "resnet18", "wide_resnet50_2")
+RESNET_V2 = "resnet50-v2"
+BACKBONES = (*LITE_VARIANTS, "resnet18", "wide_resnet50_2", RESNET_V2)
 # EfficientNet-Lite width and depth multipliers (efficientnet_lite_builder.py).
 LITE_SCALING: dict[str, tuple[float, float]] = {
     EFFNET: (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2),
@@ -62,6 +71,18 @@ LITE_MEAN: tuple[float, float, float] = (127 / 255,) * 3
 LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# ResNet50-v2 stages 1-3: (bottleneck units, output channels); the stride (1,
+# 2, 2) sits on a stage's first 3x3 conv, so the outputs are at 4, 8 and 16.
+RESNET_V2_STAGES: tuple[tuple[int, int], ...] = ((3, 256), (4, 512), (6, 1024))
+RESNET_V2_STEM = 64
+RESNET_V2_EPS = 1e-5  # Gluon's BatchNorm epsilon
+RESNET_V2_WEIGHTS = (Path(__file__).resolve().parents[2].parent / "shared" / "weights" / "resnet50-v2"
+                     / "resnet50-v2-stage1-3.npz")
+RESNET_V2_PREFIX = "resnetv24_"
+# In the file but not used without stage 4: the batch norm after stage 4.
+RESNET_V2_UNUSED = tuple(f"{RESNET_V2_PREFIX}batchnorm2_{p}"
+                         for p in ("gamma", "beta", "running_mean", "running_var"))
 
 
 class TeacherWeightsError(RuntimeError):
@@ -256,6 +277,153 @@ class _ResNetBody(nn.Module):
         return [f1, f2, self.layer3(f2)]
 
 
+class PreActBottleneck(nn.Module):
+    """Gluon's BottleneckV2 (pre-activation): y = ReLU(BN1(x));
+    out = conv3(ReLU(BN3(conv2(ReLU(BN2(conv1(y))))))) + shortcut, where the
+    shortcut is a 1x1 projection of y in a stage's first unit and x otherwise;
+    the stride sits on the 3x3 conv2. No ReLU after the addition."""
+
+    def __init__(self, cin: int, cout: int, stride: int, project: bool) -> None:
+        super().__init__()
+        mid = cout // 4
+        self.bn1 = nn.BatchNorm2d(cin, eps=RESNET_V2_EPS)
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid, eps=RESNET_V2_EPS)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(mid, eps=RESNET_V2_EPS)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.projection = nn.Conv2d(cin, cout, 1, stride, bias=False) if project else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn1(x))
+        shortcut = x if self.projection is None else self.projection(y)
+        y = F.relu(self.bn2(self.conv1(y)))
+        y = F.relu(self.bn3(self.conv2(y)))
+        return self.conv3(y) + shortcut
+
+
+class ResNetV2Body(nn.Module):
+    """ResNet50-v2 stem + stages 1-3 -> three levels at strides 4, 8, 16.
+
+    A pre-activation net carries un-normalised sums between units; the next
+    unit reads them through BN -> ReLU. With `preact_levels` (default) each
+    level is read that way too: stage k's output through the first batch norm
+    of stage k+1 (`stage4_batchnorm0` for stage 3). Otherwise the raw sums.
+    The data batch norm is not here: it is folded into the input's mean/std.
+    """
+
+    def __init__(self, preact_levels: bool = True) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, RESNET_V2_STEM, 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(RESNET_V2_STEM, eps=RESNET_V2_EPS)
+        self.pool = nn.MaxPool2d(3, 2, padding=1)
+        stages, cin = [], RESNET_V2_STEM
+        for i, (units, cout) in enumerate(RESNET_V2_STAGES):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*(PreActBottleneck(cin if u == 0 else cout, cout, stride if u == 0 else 1,
+                                                           project=u == 0) for u in range(units))))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.stage4_bn0 = nn.BatchNorm2d(cin, eps=RESNET_V2_EPS)
+        self.preact_levels = preact_levels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.pool(F.relu(self.bn1(self.conv0(x))))
+        reads = (self.stages[1][0].bn1, self.stages[2][0].bn1, self.stage4_bn0)
+        levels = []
+        for stage, bn in zip(self.stages, reads):
+            x = stage(x)
+            levels.append(F.relu(bn(x)) if self.preact_levels else x)
+        return levels
+
+
+def _resnet_v2_key(key: str) -> str | None:
+    """The ResNetV2Body state_dict key of one tensor of the npz (Gluon/ONNX
+    name), or None for a name that is not a stem/stage 1-3 tensor.
+
+    Inside stage s, unit u owns batchnorm{3u, 3u+1, 3u+2} (its bn1..bn3);
+    unit 0 owns conv0..conv2 (conv1..conv3) and conv3 (its projection); unit
+    u >= 1 owns conv{3u+1, 3u+2, 3u+3}."""
+    import re
+
+    param = {"weight": "weight", "gamma": "weight", "beta": "bias",
+             "running_mean": "running_mean", "running_var": "running_var"}
+    m = re.fullmatch(rf"{RESNET_V2_PREFIX}(?:stage(\d)_)?(conv|batchnorm)(\d+)_(\w+)", key)
+    if m is None or m.group(4) not in param:
+        return None
+    stage, kind, i, p = m.group(1), m.group(2), int(m.group(3)), param[m.group(4)]
+    if stage is None:  # the stem: conv0, batchnorm1 (batchnorm0 is the data's, 2 follows stage 4)
+        return {("conv", 0): f"conv0.{p}", ("batchnorm", 1): f"bn1.{p}"}.get((kind, i))
+    s = int(stage)
+    if s == 4:
+        return f"stage4_bn0.{p}" if (kind, i) == ("batchnorm", 0) else None
+    if not 1 <= s <= len(RESNET_V2_STAGES):
+        return None
+    units = RESNET_V2_STAGES[s - 1][0]
+    if kind == "batchnorm":
+        u, j = divmod(i, 3)
+        name = f"bn{j + 1}"
+    elif i <= 3:
+        u, name = 0, ("conv1", "conv2", "conv3", "projection")[i]
+    else:
+        u, j = divmod(i - 1, 3)
+        name = f"conv{j + 1}"
+    return f"stages.{s - 1}.{u}.{name}.{p}" if u < units else None
+
+
+def read_resnet_v2(path: str | Path) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
+    """The npz's tensors -> (ResNetV2Body state_dict, the data batch norm's
+    gamma/beta/running_mean/running_var). Each tensor goes to exactly one
+    place; the documented unused ones (RESNET_V2_UNUSED) are dropped, and any
+    other name is kept as-is so that the strict load reports it."""
+    p = Path(path)
+    fix = (f"copy resnet50-v2-stage1-3.npz (see the README.md beside it in ../shared/weights/resnet50-v2/) "
+           f"to {RESNET_V2_WEIGHTS}, or pass its path (gnl fit --teacher-weights PATH, "
+           "gnl teacher-check --weights PATH); nothing is downloaded")
+    if not p.is_file():
+        raise TeacherWeightsError(f"{p}: ResNet50-v2 weights file not found; {fix}")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise TeacherWeightsError(f"{p}: not an npz of ResNet50-v2 tensors ({e}); {fix}") from e
+    if not hasattr(z, "files"):
+        raise TeacherWeightsError(f"{p}: a single array, not an npz of ResNet50-v2 tensors; {fix}")
+    with z:
+        arrays = {k: z[k] for k in z.files}
+    state: dict[str, Tensor] = {}
+    data_bn: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        if k in RESNET_V2_UNUSED:
+            continue
+        if k.startswith(f"{RESNET_V2_PREFIX}batchnorm0_"):
+            data_bn[k.removeprefix(f"{RESNET_V2_PREFIX}batchnorm0_")] = v
+            continue
+        ours = _resnet_v2_key(k) or k
+        if ours in state:
+            raise TeacherWeightsError(f"{p}: two tensors map to {ours} (the second is {k}); {fix}")
+        state[ours] = torch.from_numpy(v)
+        if ours.endswith(".running_mean"):  # BatchNorm's counter: not a weight, absent from the file
+            state[ours.replace(".running_mean", ".num_batches_tracked")] = torch.tensor(0)
+    if sorted(data_bn) != ["beta", "gamma", "running_mean", "running_var"] or any(
+            v.shape != (3,) for v in data_bn.values()):
+        raise TeacherWeightsError(f"{p}: the data batch norm {RESNET_V2_PREFIX}batchnorm0_* "
+                                  f"(4 tensors of 3) is missing or misshapen; {fix}")
+    return state, data_bn
+
+
+def fold_data_bn(mean: Sequence[float], std: Sequence[float],
+                 bn: dict[str, np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """One mean/std for (x - mean) / std followed by an inference batch norm
+    gamma * (y - running_mean) / sqrt(running_var + eps) + beta, per channel:
+    mean' = mean + std * (running_mean - beta * sd / gamma), std' = std * sd / gamma
+    with sd = sqrt(running_var + eps)."""
+    m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    g, b = bn["gamma"].astype(np.float64), bn["beta"].astype(np.float64)
+    sd = np.sqrt(bn["running_var"].astype(np.float64) + RESNET_V2_EPS)
+    return (tuple(float(v) for v in m + s * (bn["running_mean"] - b * sd / g)),
+            tuple(float(v) for v in s * sd / g))
+
+
 class _LiteBody(nn.Module):
     """EfficientNet-Lite stem + blocks up to the end of the stride-16 stages."""
 
@@ -323,6 +491,16 @@ def build_teacher(name: str = EFFNET, weights: str | Path | None = None,
             _load_strict(tv, _read_state(path), path)
         ch = (64, 128, 256) if name == "resnet18" else (256, 512, 1024)
         return Teacher(name, _ResNetBody(tv), ch, IMAGENET_MEAN, IMAGENET_STD)
+    if name == RESNET_V2:
+        body = ResNetV2Body()
+        mean, std = IMAGENET_MEAN, IMAGENET_STD  # random weights: no data batch norm to fold
+        if pretrained:
+            path = Path(weights) if weights is not None else RESNET_V2_WEIGHTS
+            state, data_bn = read_resnet_v2(path)
+            _load_strict(body, state, path)
+            mean, std = fold_data_bn(IMAGENET_MEAN, IMAGENET_STD, data_bn)
+        ch = tuple(c for _, c in RESNET_V2_STAGES)
+        return Teacher(name, body, ch, mean, std)  # type: ignore[arg-type]
     raise ValueError(f"unknown teacher backbone {name!r}; choose one of {BACKBONES}")
 
 
@@ -415,7 +593,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gnl teacher-check`."""
     parser.add_argument("--data", required=True, help="MVTec-layout folder")
     parser.add_argument("--backbone", default=EFFNET, choices=BACKBONES)
-    parser.add_argument("--weights", default=None, help="weights file (default: packaged/TORCH_HOME)")
+    parser.add_argument("--weights", default=None,
+                        help="weights file (default: packaged/TORCH_HOME; resnet50-v2: ../shared/weights/resnet50-v2/)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--bank-images", type=int, default=200,
                         help="train/good images in the memory bank (evenly spaced subset)")

