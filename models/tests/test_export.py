@@ -144,3 +144,28 @@ def test_fit_split_is_the_one_gnl_fit_used(tmp_path) -> None:
     assert held == want_held and len(held) >= 2
     assert len(calib_paths) == EXPORT_CALIB_IMAGES and set(calib_paths) <= set(train)
     assert not set(calib_paths) & set(held)
+
+
+def test_resnet_v2_gnl_exports_a_bundle_that_runs(tmp_path, calib) -> None:
+    """GNL on the ResNet50-v2 teacher (`gnl fit --backbone resnet50-v2`)
+    becomes an int8 bundle that loads in ai_edge_litert and gives PyTorch's
+    map; model.json carries the teacher's mean/std (the data batch norm folded in)."""
+    from gnl.model import GNLConfig, build_model
+    from gnl.teacher import RESNET_V2_WEIGHTS
+
+    if not RESNET_V2_WEIGHTS.is_file():
+        pytest.skip(f"ResNet50-v2 weights not at {RESNET_V2_WEIGHTS} (../shared/weights/resnet50-v2/)")
+    torch.manual_seed(0)
+    model = build_model(GNLConfig(backbone="resnet50-v2", image_size=64)).eval()
+    out = export_model(model, tmp_path, calib[:2], {**CONFIG, "backbone": "resnet50-v2"})
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["backbone"] == "resnet50-v2" and meta["quantization"] == "int8-static-mixed"
+    assert meta["input"]["mean"] == list(model.teacher.mean) and meta["input"]["std"] == list(model.teacher.std)
+    runner = Runner(out)
+    for p in calib:
+        bgr = preprocess.read_bgr(p)
+        spec = preprocess.InputSpec(64, 64, mean=model.teacher.mean, std=model.teacher.std)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
+        got = runner.raw_map(bgr)
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15 * max(float(np.abs(ref).max()), 1.0)
