@@ -9,10 +9,11 @@ Each row changes one thing against the recipe `gnl fit` uses by default
 `gnl test --perturb vand2` (clean and VAND 2.0), so all rows share one
 protocol. Rows run `--parallel` at a time (on a GPU machine with many
 cores; on 2 CPU cores use 1). `--weights-dir` holds teacher weight files
-named <backbone>.pth (passed as --teacher-weights), for machines without
-the weights packages. Writes OUT/<row>/{checkpoint.pt,train.json,test.json,
-fit.log,test.log}, OUT/summary.json (one record per row) and OUT/slim/<row>.pt
-(weights + config + calibration only, for export elsewhere).
+named <backbone>.pth or <backbone>.npz (passed as --teacher-weights), for
+machines without the weights packages or ../shared/weights. Writes
+OUT/<row>/{checkpoint.pt,train.json,test.json,fit.log,test.log},
+OUT/summary.json (one record per row) and OUT/slim/<row>.pt (weights +
+config + calibration only, for export elsewhere).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "lite1-256": (["--backbone", "efficientnet-lite1"], "EfficientNet-Lite1 teacher"),
     "lite2-256": (["--backbone", "efficientnet-lite2"], "EfficientNet-Lite2 teacher"),
     "lite2-384": (["--backbone", "efficientnet-lite2", "--image-size", "384"], "Lite2 teacher at 384x384"),
+    "resnet50v2-256": (["--backbone", "resnet50-v2"], "ResNet50-v2 teacher (stages 1-3, ../shared/weights)"),
     "rd4ad-256": (["--method", "rd4ad"], "plain RD4AD (clean images, global loss, no seg head), converged"),
     "converged-256-fp32": (["--precision", "fp32"], "fp32 instead of bf16 autocast (where auto picks bf16)"),
 }
@@ -52,9 +54,8 @@ def run_row(name: str, a: argparse.Namespace) -> dict:
     out = a.out / name
     out.mkdir(parents=True, exist_ok=True)
     extra = list(fit_args)
-    w = a.weights_dir / f"{backbone_of(fit_args)}.pth" if a.weights_dir else None
-    if w is not None and w.is_file():
-        extra += ["--teacher-weights", str(w)]
+    files = [a.weights_dir / f"{backbone_of(fit_args)}{s}" for s in (".pth", ".npz")] if a.weights_dir else []
+    extra += next((["--teacher-weights", str(w)] for w in files if w.is_file()), [])
     fit = [sys.executable, "-m", "gnl", "fit", "--data", str(a.data), "--out", str(out), "--no-export",
            "--device", a.device, "--max-minutes", str(a.max_minutes), *extra, *a.fit_extra.split()]
     test = [sys.executable, "-m", "gnl", "test", "--data", str(a.data), "--model", str(out / "checkpoint.pt"),
