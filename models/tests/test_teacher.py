@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gnl.teacher import (LITE_MEAN, EfficientNetLite, SameConv2d, TeacherWeightsError,
-                         add_arguments, build_teacher, run)
+from gnl.teacher import (IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, RESNET_V2_UNUSED, RESNET_V2_WEIGHTS,
+                         EfficientNetLite, PreActBottleneck, ResNetV2Body, SameConv2d, TeacherWeightsError,
+                         _resnet_v2_key, add_arguments, build_teacher, read_resnet_v2, run)
 
 
 def test_lite0_loads_packaged_weights_and_gives_three_levels() -> None:
@@ -109,9 +110,6 @@ def test_letterbox_keeps_aspect_and_marks_valid_pixels() -> None:
 
 
 # ------------------------------------------------------------------ ResNet50-v2
-
-from gnl.teacher import (IMAGENET_MEAN, IMAGENET_STD, RESNET_V2_UNUSED, RESNET_V2_WEIGHTS,  # noqa: E402
-                         PreActBottleneck, ResNetV2Body, _resnet_v2_key, read_resnet_v2)
 
 MTD = Path(__file__).resolve().parents[3] / "shared" / "data" / "mtd"
 needs_resnet_v2 = pytest.mark.skipif(
