@@ -65,6 +65,12 @@ func New(modelPath string, opt Options) (*Interpreter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: cannot open model: %w; run `gnl export` to write the bundle, or point --model at a bundle folder", modelPath, err)
 	}
+	// TFLite checks the file's layout but trusts its indices; a bad one
+	// can abort the process (see verifyModel). TFLite gets these same
+	// bytes (newModel).
+	if err := verifyModel(data); err != nil {
+		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (%v: truncated or corrupt?); re-export the bundle with `gnl export`", modelPath, err)
+	}
 	model, err := newModel(data) // a private copy: see newModel
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", modelPath, err)
