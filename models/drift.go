@@ -27,6 +27,13 @@ var DriftImageFeatures = []string{
 // DriftScore is the feature-level entry of drift.json.
 const DriftScore = "score"
 
+// MaxDriftPresize bounds presize (gnl drift-stats writes 256): gnld's
+// drift monitor resizes every sampled frame to presize x presize, and a
+// damaged drift.json asking for 100000 x 100000 made OpenCV fail to
+// allocate 30 GB and abort the process (FuzzDriftJSON). It also bounds
+// analysis_size and thumb_size, which are at most presize.
+const MaxDriftPresize = 4096
+
 const driftFix = "regenerate it with `gnl drift-stats --data DATA --bundle BUNDLE`, or delete it to run without the drift monitor"
 
 // Drift mirrors drift.json (BUNDLE.md): how the training images look.
@@ -95,9 +102,9 @@ func (d *Drift) validate() error {
 	switch {
 	case d.FormatVersion != DriftFormatVersion:
 		return fmt.Errorf("format_version is %d, want %d", d.FormatVersion, DriftFormatVersion)
-	case d.AnalysisSize < 8 || d.ThumbSize < 2 || d.ThumbSize > d.AnalysisSize || d.Presize < d.AnalysisSize:
-		return fmt.Errorf("presize %d / analysis_size %d / thumb_size %d: want analysis_size or more / 8 or more / 2 up to analysis_size",
-			d.Presize, d.AnalysisSize, d.ThumbSize)
+	case d.AnalysisSize < 8 || d.ThumbSize < 2 || d.ThumbSize > d.AnalysisSize || d.Presize < d.AnalysisSize || d.Presize > MaxDriftPresize:
+		return fmt.Errorf("presize %d / analysis_size %d / thumb_size %d: want analysis_size up to %d / 8 or more / 2 up to analysis_size",
+			d.Presize, d.AnalysisSize, d.ThumbSize, MaxDriftPresize)
 	case d.OrientationBins < 2 || len(d.OrientationMean) != d.OrientationBins:
 		return fmt.Errorf("orientation_mean has %d values for %d bins", len(d.OrientationMean), d.OrientationBins)
 	case !(d.BlackPercentile > 0 && d.BlackPercentile < 1):
