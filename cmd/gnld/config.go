@@ -6,6 +6,7 @@ import (
 	"image"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"reflect"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/kelseyhightower/envconfig"
 
@@ -37,7 +39,7 @@ type Config struct {
 	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
 	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
 	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
-	Threads        int           `default:"1" desc:"TFLite CPU threads per camera."`
+	Threads        int           `default:"1" desc:"TFLite CPU threads per camera, 1 to 256."`
 	Delegate       string        `default:"xnnpack" desc:"Where TFLite runs the model: xnnpack (XNNPACK's CPU kernels, float and int8; empty or cpu mean the same), builtin (TFLite's builtin CPU kernels only), gpu (the OpenCL GPU delegate, XNNPACK for the operators it leaves; without a usable OpenCL GPU gnld runs on xnnpack and logs one warning naming the cause), or the path of a TFLite delegate plugin .so. A delegate that fails also falls back to xnnpack with a warning."`
 
 	Site   string `default:"default" desc:"Site level of every MQTT topic: gnl/<site>/..."`
@@ -59,7 +61,7 @@ type Config struct {
 	SpoolDir      string        `split_words:"true" default:"/var/lib/gnld/spool" desc:"Folder of results waiting for the broker (survives restarts); made 0700, its files 0600."`
 	SpoolMax      int           `split_words:"true" default:"10000" desc:"Most results the spool keeps; when full the oldest are dropped, counted and logged."`
 
-	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy; when full, further triggers are refused, counted (trigger.overflow in the stats topic) and logged."`
+	TriggerQueue int `split_words:"true" default:"16" desc:"Triggers (GNLD_CAMERA_<NAME>_TRIGGER=mqtt) that may wait per camera while the model is busy, 1 to 10000; when full, further triggers are refused, counted (trigger.overflow in the stats topic) and logged."`
 
 	ReadTimeout  time.Duration `split_words:"true" default:"10s" desc:"Capture watchdog: a source that gives no frame for this long is abandoned and reopened."`
 	ReconnectMin time.Duration `split_words:"true" default:"1s" desc:"First delay before reopening a failed source; it doubles per failure."`
@@ -95,8 +97,9 @@ type CameraConfig struct {
 	FPS       float64  `default:"0" desc:"Read at most this many frames per second; 0: as fast as the source gives them."`
 	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open."`
 
-	name string
-	spec capture.Spec
+	name       string
+	sourceFrom string // the variable Source came from, for errors
+	spec       capture.Spec
 }
 
 // cameraEntry is one name[=source] item of GNLD_CAMERAS.
@@ -125,6 +128,10 @@ func (l *cameraList) Decode(v string) error {
 	return nil
 }
 
+// maxROI bounds each number of a crop rectangle (OpenCV's largest image
+// side), so that X+W cannot overflow.
+const maxROI = 1 << 20
+
 // roi is a crop rectangle written X,Y,W,H.
 type roi struct{ image.Rectangle }
 
@@ -140,10 +147,10 @@ func (r *roi) Decode(v string) error {
 	for i := 0; ok && i < 4; i++ {
 		var err error
 		n[i], err = strconv.Atoi(strings.TrimSpace(parts[i]))
-		ok = err == nil && n[i] >= 0 && (i < 2 || n[i] > 0)
+		ok = err == nil && n[i] >= 0 && (i < 2 || n[i] > 0) && n[i] <= maxROI
 	}
 	if !ok {
-		return errors.New("expected X,Y,W,H: four whole numbers, X,Y >= 0, W,H > 0")
+		return fmt.Errorf("expected X,Y,W,H: four whole numbers up to %d, X,Y >= 0, W,H > 0", maxROI)
 	}
 	r.Rectangle = image.Rect(n[0], n[1], n[0]+n[2], n[1]+n[3])
 	return nil
@@ -181,7 +188,13 @@ func loadConfig() (*Config, error) {
 	}
 	all := spec(&cfg, names)
 	if err := envconfig.CheckDisallowed(prefix, all.Interface()); err != nil {
-		return nil, fmt.Errorf("%w: not a gnld setting (misspelled, or a camera not in GNLD_CAMERAS?); see docs/CONFIG.md", err)
+		// "unknown environment variable NAME"; a NAME with a line break
+		// would break the one-line error, so it is quoted then.
+		msg := err.Error()
+		if name, ok := strings.CutPrefix(msg, "unknown environment variable "); ok && strings.ContainsFunc(name, unicode.IsControl) {
+			msg = "unknown environment variable " + strconv.Quote(name)
+		}
+		return nil, fmt.Errorf("%s: not a gnld setting (misspelled, or a camera not in GNLD_CAMERAS?); see docs/CONFIG.md", msg)
 	}
 	if err := envconfig.Process(prefix, all.Interface()); err != nil {
 		return nil, explain(err)
@@ -189,8 +202,9 @@ func loadConfig() (*Config, error) {
 	for i, c := range cfg.Cameras {
 		cc := all.Elem().Field(i + 1).Interface().(CameraConfig)
 		cc.name = c.name
+		cc.sourceFrom = prefix + "_CAMERA_" + strings.ToUpper(c.name) + "_SOURCE"
 		if cc.Source == "" {
-			cc.Source = c.source
+			cc.Source, cc.sourceFrom = c.source, prefix+"_CAMERAS"
 		}
 		cfg.cameras = append(cfg.cameras, cc)
 	}
@@ -261,8 +275,8 @@ func validate(c *Config) error {
 		return invalid("SITE", c.Site, "a name without / + #")
 	case !publish.ValidName(c.Device):
 		return invalid("DEVICE", c.Device, "a name without / + #")
-	case c.Threads < 1:
-		return invalid("THREADS", c.Threads, "1 or more")
+	case c.Threads < 1 || c.Threads > 256:
+		return invalid("THREADS", c.Threads, "1 to 256")
 	case !validDelegate(c.Delegate):
 		return invalid("DELEGATE", c.Delegate, "xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so")
 	case c.MQTTQoS < 0 || c.MQTTQoS > 2:
@@ -273,8 +287,8 @@ func validate(c *Config) error {
 		return invalid("STATS_INTERVAL", c.StatsInterval, "0 (off) or a duration")
 	case c.SpoolMax < 1:
 		return invalid("SPOOL_MAX", c.SpoolMax, "1 or more")
-	case c.TriggerQueue < 1:
-		return invalid("TRIGGER_QUEUE", c.TriggerQueue, "1 or more")
+	case c.TriggerQueue < 1 || c.TriggerQueue > 10000:
+		return invalid("TRIGGER_QUEUE", c.TriggerQueue, "1 to 10000")
 	case c.ModelWatch < 0:
 		return invalid("MODEL_WATCH", c.ModelWatch, "0 (off) or a duration")
 	case c.ReconnectMax < c.ReconnectMin:
@@ -291,7 +305,7 @@ func validate(c *Config) error {
 		return invalid("DRIFT_EVERY", c.DriftEvery, "0 (off) or a whole number of frames")
 	case c.DriftWindow < 2 || c.DriftWindow > 1000:
 		return invalid("DRIFT_WINDOW", c.DriftWindow, "2 to 1000 samples")
-	case !(c.DriftThreshold > 0):
+	case !(c.DriftThreshold > 0) || math.IsInf(c.DriftThreshold, 1):
 		return invalid("DRIFT_THRESHOLD", c.DriftThreshold, "a number above 0")
 	}
 	listen, _, err := httpserver.Resolve(c.HTTPAddr)
@@ -307,15 +321,15 @@ func validate(c *Config) error {
 		}
 		s, err := capture.ParseSource(cc.Source)
 		if err != nil {
-			return fmt.Errorf("camera %s: %w; expected /dev/videoN, v4l2:N, rtsp://, http(s)://, gst:PIPELINE, dir:FOLDER or a video file", cc.name, err)
+			return fmt.Errorf("%s: camera %s: %w; expected /dev/videoN, v4l2:N, rtsp://, http(s)://, gst:PIPELINE, dir:FOLDER or a video file", cc.sourceFrom, cc.name, err)
 		}
 		cc.spec = s
 		switch {
-		case cc.Threshold != nil && !(*cc.Threshold > 0):
+		case cc.Threshold != nil && (!(*cc.Threshold > 0) || math.IsInf(*cc.Threshold, 1)):
 			return invalid(key+"THRESHOLD", *cc.Threshold, "a number above 0")
 		case cc.Rotate != 0 && cc.Rotate != 90 && cc.Rotate != 180 && cc.Rotate != 270:
 			return invalid(key+"ROTATE", cc.Rotate, "0, 90, 180 or 270")
-		case cc.FPS < 0:
+		case !(cc.FPS >= 0) || math.IsInf(cc.FPS, 1): // NaN too
 			return invalid(key+"FPS", cc.FPS, "0 (no limit) or more")
 		case cc.Loop && !s.Finite():
 			return invalid(key+"LOOP", cc.Loop, "false for a device or stream (only folders and files end)")
