@@ -205,9 +205,9 @@ func (d *dirReader) Read(m *gocv.Mat) (string, error) {
 	}
 	name := d.names[0]
 	d.names = d.names[1:]
-	img := gocv.IMRead(filepath.Join(d.dir, name), gocv.IMReadColor)
+	img, _ := ReadImage(filepath.Join(d.dir, name), gocv.IMReadColor)
 	m.Close()
-	*m = img // empty if the file is gone or not an image: a bad frame
+	*m = img // empty if the file is gone, not an image or damaged: a bad frame, logged with its name
 	return name, nil
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"gnld/capture"
 	"gnld/pipeline"
 	"gnld/runtime"
 )
@@ -237,10 +238,10 @@ func scoreSample(p *pipeline.Pipeline, s sample, mask, labels *gocv.Mat, px *pix
 		px.add(res.Map, make([]int32, len(res.Map)), 0)
 		return res, nil
 	}
-	m := gocv.IMRead(s.mask, gocv.IMReadGrayScale)
+	m, err := capture.ReadImage(s.mask, gocv.IMReadGrayScale)
 	defer m.Close()
-	if m.Empty() {
-		return res, fmt.Errorf("%s: cannot read mask", s.mask)
+	if err != nil {
+		return res, fmt.Errorf("mask: %w", err)
 	}
 	if m.Cols() != frame.Cols() || m.Rows() != frame.Rows() {
 		return res, fmt.Errorf("%s: mask is %dx%d but its image is %dx%d; masks must match their image",

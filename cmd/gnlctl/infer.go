@@ -13,6 +13,7 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"gnld/capture"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/runtime"
@@ -114,12 +115,11 @@ func openPipeline(dir string, opt runtime.Options) (*pipeline.Pipeline, error) {
 
 // readImage reads a file as 8-bit BGR, as BUNDLE.md step 1 says.
 func readImage(path string) (gocv.Mat, error) {
-	m := gocv.IMRead(path, gocv.IMReadColor)
-	if m.Empty() {
+	m, err := capture.ReadImage(path, gocv.IMReadColor)
+	if err != nil {
 		m.Close()
-		return m, fmt.Errorf("%s: cannot read image (missing, unreadable or not a JPEG/PNG/BMP)", path)
 	}
-	return m, nil
+	return m, err
 }
 
 // expandImages replaces each folder in paths by its image files, sorted.
