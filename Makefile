@@ -4,7 +4,8 @@
 #
 #   make setup    build the root (cached in ~/.cache/gnld) and the binaries
 #   make run      demo: default bundle, MTD sample images, local broker
-#   make test     all tests, Go and Python
+#   make test     all tests, Go and Python, and a short run of every fuzz target
+#   make fuzz     the long fuzz run: FUZZTIME per target (default 10m)
 #   make bench    per-stage latency, RSS, Go vs Python pipeline
 #   make model    retrain the default bundle in models/default from MTD
 #   make deb      the Debian package, out/gnld_<version>_<arch>.deb
@@ -18,7 +19,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py bench eval model lint clean-bin
+TARGETS := build run test test-go test-py test-fuzz fuzz bench eval model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -50,11 +51,20 @@ build:
 run: build
 	tools/demo
 
-test: test-go test-py
+test: test-go test-py test-fuzz
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+
+# Every Go fuzz target for FUZZTIME (5s each here; their seed corpora ran
+# in test-go already). tools/fuzz says where a crasher goes.
+test-fuzz:
+	FUZZTIME=$(or $(FUZZTIME),5s) tools/fuzz
+
+# The long run, e.g. make fuzz FUZZTIME=3m.
+fuzz:
+	FUZZTIME=$(or $(FUZZTIME),10m) tools/fuzz
 
 test-py:
 	cd models && $(PY) -m pytest -q
