@@ -217,8 +217,10 @@ func (m *Meta) validate() error {
 		return bad("postprocess.resize", p.Resize, `"linear"`)
 	case p.Score != "max":
 		return bad("postprocess.score", p.Score, `"max"`)
-	case p.BlurSigma <= 0:
-		return bad("postprocess.blur_sigma", p.BlurSigma, "a positive number")
+	case !(p.BlurSigma > 0 && p.BlurSigma <= float64(max(in.Width, in.Height))):
+		// OpenCV's kernel grows with sigma: 1e7 made it run out of memory,
+		// 1e300 overflowed its size, and both aborted gnld (FuzzBundle).
+		return bad("postprocess.blur_sigma", p.BlurSigma, fmt.Sprintf("a positive number up to the input's larger side, %d", max(in.Width, in.Height)))
 	}
 	return nil
 }
