@@ -204,7 +204,7 @@ func TestDamagedOperatorRefused(t *testing.T) {
 		tensor    int // -1: the next operator's first output
 		want      string
 	}{
-		{3, 1, 531466759, "operator 3's inputs names tensor 531466759, but the subgraph has 360 tensors"},
+		{3, 1, 531466759, "operator 3's input names tensor 531466759, but the subgraph has 360 tensors"},
 		{2, 0, -1, "operator 2 reads tensor %d before any operator writes it"},
 		{146, 0, -1, "operator 146 reads tensor %d before any operator writes it"},
 	} {

@@ -29,7 +29,11 @@ import (
 //     variable, or the output of an operator before it.
 //
 // Every read is bounds-checked, so verifyModel itself is safe on any bytes
-// (FuzzVerifyModel).
+// (FuzzVerifyModel). The field numbers below are schema.fbs's:
+// Model{operator_codes 1, subgraphs 2, buffers 4}, Buffer{data 0,
+// offset 1}, SubGraph{tensors 0, inputs 1, outputs 2, operators 3},
+// Tensor{shape 0, buffer 2, is_variable 5}, Operator{opcode_index 0,
+// inputs 1, outputs 2, intermediates 8}.
 func verifyModel(data []byte) error {
 	fb := flatbuf{data: data}
 	if len(data) < 8 || string(data[4:8]) != "TFL3" {
@@ -105,17 +109,17 @@ func verifySubgraph(fb *flatbuf, s, opcodes int, constant []bool) error {
 		if c := fb.uint32(op, 0); int64(c) >= int64(opcodes) {
 			return fmt.Errorf("subgraph %d, operator %d: operator code %d, but the model has %d", s, o, c, opcodes)
 		}
-		err := each(fmt.Sprintf("operator %d's inputs", o), fb.vector(op, 1), true, func(t int) error {
+		err := each(fmt.Sprintf("operator %d's input", o), fb.vector(op, 1), true, func(t int) error {
 			if !ready[t] {
 				return fmt.Errorf("subgraph %d: operator %d reads tensor %d before any operator writes it (not an input, a constant nor a variable)", s, o, t)
 			}
 			return nil
 		})
 		if err == nil {
-			err = each(fmt.Sprintf("operator %d's outputs", o), fb.vector(op, 2), false, markReady)
+			err = each(fmt.Sprintf("operator %d's output", o), fb.vector(op, 2), false, markReady)
 		}
 		if err == nil {
-			err = each(fmt.Sprintf("operator %d's intermediates", o), fb.vector(op, 8), false, markReady)
+			err = each(fmt.Sprintf("operator %d's intermediate", o), fb.vector(op, 8), false, markReady)
 		}
 		if err != nil {
 			return err
