@@ -3,6 +3,7 @@ package capture
 import (
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -112,5 +113,31 @@ func TestReadImageHugeHeader(t *testing.T) {
 		if !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("error %q: want one line containing %q", err, want)
 		}
+	}
+}
+
+// TestImagePixelCapFromEnvironment: OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS
+// once, when the library loads, and refuses larger images from their
+// header, before it allocates anything. The systemd unit sets it (without
+// it a header may ask for 2^30 pixels, 3 GB). It runs this test binary
+// again with a cap below a real MTD image's size.
+func TestImagePixelCapFromEnvironment(t *testing.T) {
+	if os.Getenv("GNLD_TEST_PIXEL_CAP_CHILD") != "" {
+		good, _ := filepath.Glob(filepath.Join(mtdDir(t), "test", "good", "*.jpg"))
+		if len(good) == 0 {
+			t.Fatal("no MTD test images")
+		}
+		m, err := ReadImage(good[0], gocv.IMReadColor)
+		defer m.Close()
+		if err == nil || !strings.Contains(err.Error(), "validateInputImageSize") {
+			t.Fatalf("read %dx%d under a 10000-pixel cap, err %v", m.Cols(), m.Rows(), err)
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestImagePixelCapFromEnvironment$", "-test.v")
+	cmd.Env = append(os.Environ(), "GNLD_TEST_PIXEL_CAP_CHILD=1", "OPENCV_IO_MAX_IMAGE_PIXELS=10000")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS") {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }

@@ -222,6 +222,11 @@ func (m *Meta) validate() error {
 		// 1e300 overflowed its size, and both aborted gnld (FuzzBundle).
 		return bad("postprocess.blur_sigma", p.BlurSigma, fmt.Sprintf("a positive number up to the input's larger side, %d", max(in.Width, in.Height)))
 	}
+	if !(m.Threshold.Value > 0) {
+		// Scores are maxima of a non-negative map: a threshold of 0 or
+		// less would call every frame anomalous.
+		return bad("threshold.value", m.Threshold.Value, "a positive number (re-export the bundle, or run gnlctl calibrate)")
+	}
 	return nil
 }
 

@@ -81,6 +81,8 @@ func TestLoadErrors(t *testing.T) {
 		{"int8 without scale", func(m map[string]any) {
 			input(m)["quantization"] = map[string]any{"scale": 0, "zero_point": 0}
 		}, nil, []string{`"input.quantization.scale"`}, false},
+		{"threshold zero", func(m map[string]any) { m["threshold"].(map[string]any)["value"] = 0 }, nil,
+			[]string{`"threshold.value" is 0`}, false},
 		{"future format", func(m map[string]any) { m["format_version"] = 2 }, nil,
 			[]string{`"format_version" is 2`}, false},
 		{"truncated model", nil, func(b []byte) []byte { return b[:len(b)/2] },
