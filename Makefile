@@ -7,6 +7,7 @@
 #   make test     all tests, Go and Python, and a short run of every fuzz target
 #   make fuzz     the long fuzz run: FUZZTIME per target (default 10m)
 #   make bench    per-stage latency, RSS, Go vs Python pipeline
+#   make soak     gnld for SOAK_MINUTES (10) under injected faults; nothing lost?
 #   make model    retrain the default bundle in models/default from MTD
 #   make deb      the Debian package, out/gnld_<version>_<arch>.deb
 
@@ -19,7 +20,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py test-fuzz fuzz bench eval model lint clean-bin
+TARGETS := build run test test-go test-py test-fuzz fuzz bench soak eval model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -72,6 +73,12 @@ test-py:
 bench: build
 	tools/bench
 
+# A soak with faults injected (tools/soak, docs/SOAK.md): SOAK_MINUTES
+# (default 10), SOAK_SEED (default 1); report in out/soak/report.json.
+# Exits 1 when a target is missed. Not part of make test.
+soak: build
+	$(GO) run ./tools/soak
+
 eval: build ; tools/evaluate $(EVAL_ARGS)
 
 # Train into out/model (checkpoint and all), then copy the bundle and its
@@ -89,7 +96,7 @@ deb: build
 	VERSION="$(VERSION)" tools/mkdeb out
 
 lint:
-	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift)"; \
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift tools)"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
