@@ -337,9 +337,11 @@ func soak(ctx context.Context, opt options) (*report, error) {
 		wg.Go(func() { in.runLane(ctx, l) })
 	}
 	wg.Wait() // lanes end after their last fault (a spool fill may run past the plan)
-	say("faults done; cool-down %s with everything up", coolDown)
-	sleep(ctx, time.Until(in.t0.Add(total)))
-	sleep(ctx, coolDown/3) // at least this long after a late lane
+	// Everything up until the planned end, and at least coolDown/3 after
+	// a lane that ran late (a spool fill).
+	rest := max(time.Until(in.t0.Add(total)), coolDown/3)
+	say("faults done; %s with everything up", rest.Round(time.Second))
+	sleep(ctx, rest)
 	end := time.Now()
 	say("stopping gnld (SIGTERM) for its final stats")
 	e.gnld.stop()

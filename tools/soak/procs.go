@@ -31,6 +31,9 @@ type env struct {
 	gnld    *supervisor
 	sub     *subscriber
 	logs    []io.Closer
+	// overrides are the caller's GNLD_* variables, given to gnld after
+	// the soak's own.
+	overrides []string
 	samples []sample
 	smu     sync.Mutex
 }
@@ -122,6 +125,14 @@ func setup(ctx context.Context, opt options) (*env, error) {
 		"GNLD_CALIBRATION_DIR=" + filepath.Join(dir, "calibration"),
 		"GNLD_HTTP_ADDR=" + httpAddr,
 		"GNLD_LOG_FORMAT=json",
+	}
+	// GNLD_* variables of the caller's override these (the last of a
+	// duplicate key wins), to try other settings; the report lists them.
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "GNLD_") {
+			gnldEnv = append(gnldEnv, kv)
+			e.overrides = append(e.overrides, kv)
+		}
 	}
 	e.gnld = &supervisor{bin: opt.gnld, env: gnldEnv, log: glog, httpAddr: httpAddr}
 	say("gnld: %s", strings.Join(gnldEnv, " "))

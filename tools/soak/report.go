@@ -335,6 +335,15 @@ func (e *env) report(opt options, plan []fault, faults []done, t0, end time.Time
 	add("broker restarts", fmt.Sprintf(">= %d", needBroker), fmt.Sprint(rep.Faults[faultBroker]+rep.Faults[faultFill]), rep.Faults[faultBroker]+rep.Faults[faultFill] >= needBroker)
 	add("stream outages", fmt.Sprintf(">= %d", needStream), fmt.Sprint(rep.Faults[faultStream]), rep.Faults[faultStream] >= needStream)
 	add("gnld crashes and unclean exits", "0", fmt.Sprintf("%d crashes, %d unclean", crashes, unclean), crashes == 0 && unclean == 0)
+	unaccounted := 0
+	for _, rr := range rep.Runs {
+		for _, c := range rr.Cameras {
+			if c.Frames != c.Produced+c.Dropped+c.Skipped {
+				unaccounted++
+			}
+		}
+	}
+	add("sequence numbers accounted for (frames = results + dropped + skipped, per run and camera)", "all", fmt.Sprintf("%d not", unaccounted), unaccounted == 0)
 	add("runs whose final stats arrived", fmt.Sprint(len(rep.Runs)), fmt.Sprint(finals), finals == len(rep.Runs))
 	add("results of unknown runs, bad payloads", "0", fmt.Sprintf("%d, %d", r.UnknownRun, r.BadPayloads), r.UnknownRun == 0 && r.BadPayloads == 0)
 	rep.Pass = true
@@ -427,6 +436,9 @@ func (r *report) write(path string) error {
 func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "\ngnld soak: %.0f minutes (%s to %s UTC), seed %d\n\n", r.Minutes,
 		r.Start.UTC().Format("2006-01-02 15:04:05"), r.End.UTC().Format("15:04:05"), r.Seed)
+	if o, _ := r.Settings["overrides"].([]string); len(o) > 0 {
+		fmt.Fprintf(w, "gnld settings overridden by the caller: %s\n\n", strings.Join(o, " "))
+	}
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 	kinds := []string{faultBroker, faultFill, faultStream, faultRestart, faultHUP, faultStarve}
 	var fs []string
