@@ -37,8 +37,6 @@ const (
 	streamFPSCap  = 3.0 // GNLD_CAMERA_LINE2_FPS: above the stream's rate, a cap only
 	spoolMax      = 300 // GNLD_SPOOL_MAX: 60 s of both cameras
 	statsInterval = 10 * time.Second
-	mqttReconnect = 2 * time.Second // GNLD_MQTT_RECONNECT_MAX
-	srcReconnect  = 5 * time.Second // GNLD_RECONNECT_MAX
 
 	// Faults per hour (at least one of each in any soak).
 	brokerPerHour  = 24

@@ -25,17 +25,17 @@ func numCPU() int { return runtime.NumCPU() }
 
 // env is what the soak runs: broker, stream server, gnld and subscriber.
 type env struct {
-	dir     string // temporary: images, clip, spool, broker state
-	broker  *broker
-	stream  *stream
-	gnld    *supervisor
-	sub     *subscriber
-	logs    []io.Closer
+	dir    string // temporary: images, clip, spool, broker state
+	broker *broker
+	stream *stream
+	gnld   *supervisor
+	sub    *subscriber
+	logs   []io.Closer
 	// overrides are the caller's GNLD_* variables, given to gnld after
 	// the soak's own.
 	overrides []string
-	samples []sample
-	smu     sync.Mutex
+	samples   []sample
+	smu       sync.Mutex
 }
 
 func freePort() (int, error) {
@@ -115,8 +115,6 @@ func setup(ctx context.Context, opt options) (*env, error) {
 		"GNLD_MODEL_DIR=" + opt.bundle,
 		"GNLD_MQTT_BROKER=" + e.broker.url(),
 		"GNLD_MQTT_CLIENT_ID=gnld-soak",
-		"GNLD_MQTT_RECONNECT_MAX=" + mqttReconnect.String(),
-		"GNLD_RECONNECT_MAX=" + srcReconnect.String(),
 		"GNLD_SITE=soak",
 		"GNLD_DEVICE=soakdev",
 		"GNLD_SPOOL_DIR=" + filepath.Join(dir, "spool"),

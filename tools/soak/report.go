@@ -151,8 +151,7 @@ func (e *env) report(opt options, plan []fault, faults []done, t0, end time.Time
 			"bundle":                    opt.bundle,
 			"GNLD_SPOOL_MAX":            spoolMax,
 			"GNLD_STATS_INTERVAL":       statsInterval.String(),
-			"GNLD_MQTT_RECONNECT_MAX":   mqttReconnect.String(),
-			"GNLD_RECONNECT_MAX":        srcReconnect.String(),
+			"reconnect_settings":        "gnld's defaults (GNLD_MQTT_RECONNECT_MAX, GNLD_RECONNECT_MIN and _MAX, GNLD_READ_TIMEOUT)",
 			"GNLD_MQTT_QOS":             1,
 			"broker":                    "mosquitto, persistence on (autosave 5 s), killed with SIGKILL",
 			"subscriber":                "paho, QoS 1, clean session false",
@@ -286,8 +285,11 @@ func (e *env) report(opt options, plan []fault, faults []done, t0, end time.Time
 					break
 				}
 			}
+			// The first result received after the broker's return that
+			// gnld captured after the kill: one it spooled or made since,
+			// not one the broker had kept from before.
 			for _, res := range results {
-				if res.At.After(f.End) {
+				if res.At.After(f.End) && res.Captured.After(f.Start) {
 					dlv = append(dlv, res.At.Sub(f.End).Seconds())
 					break
 				}
