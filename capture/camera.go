@@ -142,14 +142,17 @@ func (c *Camera) Run(ctx context.Context) error {
 	var failures int // consecutive failed connections
 	var outage time.Time
 	for {
-		delivered, err := c.session(ctx)
+		// Said at the connection's first good frame, not when it ends.
+		back := func() {
+			if failures > 0 {
+				c.log.Info("capture: source back", "failures", failures, "outage", time.Since(outage).Round(time.Millisecond))
+			}
+		}
+		delivered, err := c.session(ctx, back)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if delivered > 0 {
-			if failures > 0 {
-				c.log.Info("capture: source back", "failures", failures, "outage", time.Since(outage).Round(time.Millisecond))
-			}
 			failures, delay = 0, c.cfg.BackoffMin
 		}
 		if errors.Is(err, io.EOF) {
@@ -189,8 +192,9 @@ type read struct {
 }
 
 // session opens one connection and reads it until it fails, ends, stalls
-// or ctx is cancelled. It returns how many frames it handed on.
-func (c *Camera) session(ctx context.Context) (delivered int, err error) {
+// or ctx is cancelled. It returns how many frames it handed on. It calls
+// first once, at the connection's first good frame, before handing it on.
+func (c *Camera) session(ctx context.Context, first func()) (delivered int, err error) {
 	stop := make(chan struct{})
 	defer close(stop)
 	reads := make(chan read)
@@ -224,6 +228,10 @@ func (c *Camera) session(ctx context.Context) (delivered int, err error) {
 				}
 				c.log.Log(ctx, level, "capture: bad frame skipped", "file", r.file, "why", why, "bad", n)
 			} else {
+				if first != nil {
+					first()
+					first = nil
+				}
 				c.seq++
 				f := Frame{Camera: c.cfg.Name, Seq: c.seq, Time: r.at, File: r.file, Mat: mat}
 				if !c.handOn(ctx, f) {

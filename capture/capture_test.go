@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -197,6 +199,58 @@ func TestFolderEmptiedThenRefilledReconnects(t *testing.T) {
 		t.Errorf("after refill got %q", f.File)
 	}
 	f.Close()
+}
+
+// syncBuffer is a log destination for a test and the camera's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// "capture: source back" is said when the source gives its first frame
+// again, not when that connection later ends (the soak found it logged
+// minutes late, at the next failure, with the healthy minutes counted as
+// outage).
+func TestSourceBackSaidAtFirstFrame(t *testing.T) {
+	dir := t.TempDir()
+	writeImages(t, dir, 1, 8, 8)
+	cfg := testConfig("c", "dir:"+dir)
+	cfg.Loop = true
+	var logs syncBuffer
+	cam, _ := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	stop := start(t, cam)
+	defer stop()
+
+	f, _ := next(t, cam, 5*time.Second)
+	f.Close()
+	os.Remove(filepath.Join(dir, "000.png"))
+	waitReconnects(t, cam, "folder is empty")
+	// Many images: the pass (the connection) lasts while the test holds
+	// the hand-off.
+	refilled := time.Now()
+	writeImages(t, dir, 20, 8, 8)
+	for {
+		f, _ = next(t, cam, 5*time.Second)
+		f.Close()
+		if f.File == "000.png" && f.Time.After(refilled) {
+			break // the first frame of the refilled folder
+		}
+	}
+	if !strings.Contains(logs.String(), "capture: source back") {
+		t.Errorf("first frame after the outage handed on, no \"capture: source back\" yet:\n%s", logs.String())
+	}
 }
 
 // encodeVideo writes n frames of w x h into a lossless video with ffmpeg.
