@@ -366,6 +366,7 @@ func memSlopes(samples []sample, runs []runReport) memory {
 		Series: samples, Samples: len(samples), RSSMinMB: math.Inf(1), GoroutinesMin: math.Inf(1),
 	}
 	byRun := map[int][]sample{}
+	withG := map[int][]sample{} // those where /metrics answered
 	for _, s := range samples {
 		m.RSSMinMB, m.RSSMaxMB = math.Min(m.RSSMinMB, s.RSSMB), math.Max(m.RSSMaxMB, s.RSSMB)
 		if s.Goroutines >= 0 {
@@ -373,50 +374,61 @@ func memSlopes(samples []sample, runs []runReport) memory {
 		}
 		if s.Age >= memWarmUp.Seconds() {
 			byRun[s.Run] = append(byRun[s.Run], s)
+			if s.Goroutines >= 0 {
+				withG[s.Run] = append(withG[s.Run], s)
+			}
 		}
 	}
-	fit := func(y func(sample) float64) float64 {
-		var sxy, sxx float64
-		for _, ss := range byRun {
-			if len(ss) < 3 {
-				continue
-			}
-			var mx, my float64
-			for _, s := range ss {
-				mx += s.Age / 3600
-				my += y(s)
-			}
-			mx, my = mx/float64(len(ss)), my/float64(len(ss))
-			for _, s := range ss {
-				sxy += (s.Age/3600 - mx) * (y(s) - my)
-				sxx += (s.Age/3600 - mx) * (s.Age/3600 - mx)
-			}
-		}
-		if sxx == 0 {
-			return math.NaN()
-		}
-		return sxy / sxx
+	if math.IsInf(m.RSSMinMB, 1) { // no sample (JSON has no infinity)
+		m.RSSMinMB = 0
+	}
+	if math.IsInf(m.GoroutinesMin, 1) {
+		m.GoroutinesMin = 0
 	}
 	for _, ss := range byRun {
 		if len(ss) >= 3 {
 			m.SamplesUsed += len(ss)
 		}
 	}
-	m.RSSSlopeMBPerH = fit(func(s sample) float64 { return s.RSSMB })
-	m.GoroutineSlopeH = fit(func(s sample) float64 { return s.Goroutines })
+	rss := func(s sample) float64 { return s.RSSMB }
+	m.RSSSlopeMBPerH = withinSlope(byRun, rss)
+	m.GoroutineSlopeH = withinSlope(withG, func(s sample) float64 { return s.Goroutines })
 	for i := range runs {
 		ss := byRun[runs[i].N]
 		if len(ss) < 3 || ss[len(ss)-1].Age-ss[0].Age < 300 {
 			continue
 		}
-		one := map[int][]sample{runs[i].N: ss}
-		saved := byRun
-		byRun = one
-		v := fit(func(s sample) float64 { return s.RSSMB })
-		byRun = saved
+		v := withinSlope(map[int][]sample{runs[i].N: ss}, rss)
 		runs[i].RSSSlope = &v
 	}
 	return m
+}
+
+// withinSlope is the least-squares slope of y against age (per hour)
+// shared by the groups, each with its own intercept; groups of fewer than
+// 3 samples are left out. 0 when there is nothing to fit (samples_used
+// says so).
+func withinSlope(groups map[int][]sample, y func(sample) float64) float64 {
+	var sxy, sxx float64
+	for _, ss := range groups {
+		if len(ss) < 3 {
+			continue
+		}
+		var mx, my float64
+		for _, s := range ss {
+			mx += s.Age / 3600
+			my += y(s)
+		}
+		mx, my = mx/float64(len(ss)), my/float64(len(ss))
+		for _, s := range ss {
+			sxy += (s.Age/3600 - mx) * (y(s) - my)
+			sxx += (s.Age/3600 - mx) * (s.Age/3600 - mx)
+		}
+	}
+	if sxx == 0 {
+		return 0
+	}
+	return sxy / sxx
 }
 
 func secs(v float64) string {
