@@ -69,6 +69,15 @@ type options struct {
 }
 
 func main() {
+	// go run ./tools/soak -recompute REPORT.json: the memory figures of a
+	// report again, from its samples.
+	if len(os.Args) == 3 && os.Args[1] == "-recompute" {
+		if err := recompute(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	opt, err := readOptions()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)

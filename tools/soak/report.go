@@ -79,6 +79,49 @@ type durStats struct {
 	ValuesS []float64 `json:"values_s"`
 }
 
+// MarshalJSON writes At and Dur in seconds, as their names say.
+func (f fault) MarshalJSON() ([]byte, error) {
+	return json.Marshal(faultJSON{f.At.Seconds(), f.Kind, f.Dur.Seconds()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (f *fault) UnmarshalJSON(b []byte) error {
+	var v faultJSON
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	f.At, f.Kind, f.Dur = time.Duration(v.At*float64(time.Second)), v.Kind, time.Duration(v.Dur*float64(time.Second))
+	return nil
+}
+
+// done embeds fault: without its own methods it would take fault's and
+// lose Start, End and Note.
+type doneJSON struct {
+	faultJSON
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	Note  string    `json:"note,omitempty"`
+}
+
+func (d done) MarshalJSON() ([]byte, error) {
+	return json.Marshal(doneJSON{faultJSON{d.At.Seconds(), d.Kind, d.Dur.Seconds()}, d.Start, d.End, d.Note})
+}
+
+func (d *done) UnmarshalJSON(b []byte) error {
+	var v doneJSON
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*d = done{fault{time.Duration(v.At * float64(time.Second)), v.Kind, time.Duration(v.Dur * float64(time.Second))}, v.Start, v.End, v.Note}
+	return nil
+}
+
+type faultJSON struct {
+	At   float64 `json:"at_s"`
+	Kind string  `json:"kind"`
+	Dur  float64 `json:"duration_s"`
+}
+
 func newDurStats(v []float64) durStats {
 	d := durStats{N: len(v), ValuesS: v, MedianS: math.NaN(), MaxS: math.NaN()}
 	if len(v) == 0 {
@@ -110,16 +153,22 @@ func (d durStats) MarshalJSON() ([]byte, error) {
 }
 
 type memory struct {
-	Method          string   `json:"method"`
-	Samples         int      `json:"samples"`
-	SamplesUsed     int      `json:"samples_used"`
-	RSSSlopeMBPerH  float64  `json:"rss_slope_mb_per_h"`
-	RSSMinMB        float64  `json:"rss_min_mb"`
-	RSSMaxMB        float64  `json:"rss_max_mb"`
-	GoroutineSlopeH float64  `json:"goroutine_slope_per_h"`
-	GoroutinesMin   float64  `json:"goroutines_min"`
-	GoroutinesMax   float64  `json:"goroutines_max"`
-	Series          []sample `json:"series"`
+	Method          string  `json:"method"`
+	Samples         int     `json:"samples"`
+	SamplesUsed     int     `json:"samples_used"`
+	RSSSlopeMBPerH  float64 `json:"rss_slope_mb_per_h"`
+	RSSMinMB        float64 `json:"rss_min_mb"`
+	RSSMaxMB        float64 `json:"rss_max_mb"`
+	GoroutineSlopeH float64 `json:"goroutine_slope_per_h"`
+	GoroutinesMin   float64 `json:"goroutines_min"`
+	GoroutinesMax   float64 `json:"goroutines_max"`
+	// Between reloads: the same fit with each run cut at its SIGHUPs into
+	// pieces, each with its own intercept, leaving out the first
+	// memWarmUp after each reload. ReloadStepsMB: per SIGHUP, RSS
+	// memWarmUp after it minus RSS just before it.
+	RSSSlopeBetweenReloads float64   `json:"rss_slope_between_reloads_mb_per_h"`
+	ReloadStepsMB          []float64 `json:"reload_steps_mb"`
+	Series                 []sample  `json:"series"`
 }
 
 type check struct {
@@ -313,7 +362,7 @@ func (e *env) report(opt options, plan []fault, faults []done, t0, end time.Time
 	}
 	rep.BrokerReconnect, rep.BrokerDelivery, rep.StreamReconnect = newDurStats(brk), newDurStats(dlv), newDurStats(strm)
 
-	rep.Memory = memSlopes(samples, rep.Runs)
+	rep.Memory = memSlopes(samples, rep.Runs, reloadTimes(faults))
 
 	// Checks against the issue's targets.
 	hours := opt.minutes / 60
@@ -360,7 +409,7 @@ func (e *env) report(opt options, plan []fault, faults []done, t0, end time.Time
 // all runs, each with its own intercept (the pooled within-run slope),
 // leaving out each run's first memWarmUp. Runs with at least 5 minutes of
 // samples past the warm-up also get their own RSS slope.
-func memSlopes(samples []sample, runs []runReport) memory {
+func memSlopes(samples []sample, runs []runReport, reloads []time.Time) memory {
 	m := memory{
 		Method: fmt.Sprintf("least squares within each gnld run (one slope, an intercept per run), samples every 5 s, first %s of each run left out", memWarmUp),
 		Series: samples, Samples: len(samples), RSSMinMB: math.Inf(1), GoroutinesMin: math.Inf(1),
@@ -401,7 +450,53 @@ func memSlopes(samples []sample, runs []runReport) memory {
 		v := withinSlope(map[int][]sample{runs[i].N: ss}, rss)
 		runs[i].RSSSlope = &v
 	}
+	// Between reloads: piece k of a run starts at its k-th SIGHUP.
+	pieces := map[int][]sample{}
+	for _, s := range samples {
+		if s.Age < memWarmUp.Seconds() {
+			continue
+		}
+		k, settling := 0, false
+		for _, t := range reloads {
+			if !t.After(s.At) {
+				k++
+				settling = s.At.Sub(t) < memWarmUp
+			}
+		}
+		if !settling {
+			pieces[s.Run*1000+k] = append(pieces[s.Run*1000+k], s)
+		}
+	}
+	m.RSSSlopeBetweenReloads = withinSlope(pieces, rss)
+	m.ReloadStepsMB = []float64{}
+	for _, t := range reloads {
+		var before, after *sample
+		for i := range samples {
+			s := &samples[i]
+			if s.At.Before(t) {
+				before = s
+			} else if before != nil && s.Run == before.Run && s.At.Sub(t) >= memWarmUp {
+				after = s
+				break
+			}
+		}
+		if before != nil && after != nil {
+			m.ReloadStepsMB = append(m.ReloadStepsMB, after.RSSMB-before.RSSMB)
+		}
+	}
 	return m
+}
+
+// reloadTimes are the SIGHUPs sent.
+func reloadTimes(faults []done) []time.Time {
+	var out []time.Time
+	for _, f := range faults {
+		if f.Kind == faultHUP {
+			out = append(out, f.Start)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Before(out[j]) })
+	return out
 }
 
 // withinSlope is the least-squares slope of y against age (per hour)
@@ -431,11 +526,42 @@ func withinSlope(groups map[int][]sample, y func(sample) float64) float64 {
 	return sxy / sxx
 }
 
+func steps(v []float64) string {
+	var out []string
+	for _, x := range v {
+		out = append(out, fmt.Sprintf("%+.0f", x))
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, " ")
+}
+
 func secs(v float64) string {
 	if math.IsNaN(v) {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f s", v)
+}
+
+// recompute reads a report written before, computes its memory figures
+// again from its samples (after a change to how they are computed), writes
+// it back and prints it.
+func recompute(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	r.Memory = memSlopes(r.Memory.Series, r.Runs, reloadTimes(r.FaultLog))
+	if err := r.write(path); err != nil {
+		return err
+	}
+	r.print(os.Stdout)
+	return nil
 }
 
 func (r *report) write(path string) error {
@@ -475,6 +601,7 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(tw, "stream up -> first frame captured\t%s\n", ds(r.StreamReconnect))
 	m := r.Memory
 	fmt.Fprintf(tw, "RSS\t%.1f-%.1f MB, slope %+.2f MB/h (%d of %d samples)\n", m.RSSMinMB, m.RSSMaxMB, m.RSSSlopeMBPerH, m.SamplesUsed, m.Samples)
+	fmt.Fprintf(tw, "RSS between reloads\tslope %+.2f MB/h; RSS step %s after each SIGHUP: %s MB\n", m.RSSSlopeBetweenReloads, memWarmUp, steps(m.ReloadStepsMB))
 	fmt.Fprintf(tw, "goroutines\t%.0f-%.0f, slope %+.2f per hour\n", m.GoroutinesMin, m.GoroutinesMax, m.GoroutineSlopeH)
 	tw.Flush()
 

@@ -61,7 +61,7 @@ func TestMemSlopes(t *testing.T) {
 		}
 	}
 	runs := []runReport{{gnldRun: gnldRun{N: 1}}, {gnldRun: gnldRun{N: 2}}}
-	m := memSlopes(samples, runs)
+	m := memSlopes(samples, runs, nil)
 	if math.Abs(m.RSSSlopeMBPerH-12) > 1e-6 || m.GoroutineSlopeH != 0 {
 		t.Errorf("slopes %g MB/h, %g goroutines/h; want 12 and 0", m.RSSSlopeMBPerH, m.GoroutineSlopeH)
 	}
