@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,5 +71,23 @@ func TestMemSlopes(t *testing.T) {
 		if r.RSSSlope == nil || math.Abs(*r.RSSSlope-12) > 1e-6 {
 			t.Errorf("run %d: slope %v, want 12", r.N, r.RSSSlope)
 		}
+	}
+}
+
+// A fault as it happened keeps its times and note through JSON (done
+// embeds fault, whose JSON methods it would otherwise take), in seconds.
+func TestDoneJSON(t *testing.T) {
+	start := time.Date(2026, 11, 29, 1, 2, 3, 0, time.UTC)
+	d := done{fault{90 * time.Second, faultBroker, 12 * time.Second}, start, start.Add(12 * time.Second), "note"}
+	b, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"at_s":90,`) || !strings.Contains(string(b), `"note":"note"`) {
+		t.Errorf("JSON %s: want at_s in seconds and the note", b)
+	}
+	var back done
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, d) {
+		t.Errorf("round trip: %+v, %v; want %+v", back, err, d)
 	}
 }
