@@ -201,6 +201,7 @@ func (ip *Interpreter) Close() {
 		ip.model.Delete()
 		ip.model = nil
 	}
+	trimHeap()
 }
 
 // free releases everything but the model, in reverse order of creation.
