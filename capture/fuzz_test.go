@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"gocv.io/x/gocv"
+
+	"gnld/internal/mtd"
 )
 
 // FuzzDirImage puts arbitrary bytes in a folder source as an image file,
@@ -18,7 +20,7 @@ import (
 // folder must go on to the good image and then end. Seeds: a real MTD
 // image as JPEG, PNG and BMP, whole and truncated, and garbage.
 func FuzzDirImage(f *testing.F) {
-	good, err := filepath.Glob(filepath.Join(mtdDir(f), "test", "good", "*.jpg"))
+	good, err := filepath.Glob(filepath.Join(mtd.Dir(f), "test", "good", "*.jpg"))
 	if err != nil || len(good) == 0 {
 		f.Fatalf("no MTD test images: %v", err)
 	}
@@ -84,16 +86,6 @@ func FuzzDirImage(f *testing.F) {
 
 // mtdDir is the MTD data set ($MTD, else ../shared/data/mtd beside the
 // checkout); tests that need it skip without it.
-func mtdDir(t testing.TB) string {
-	dir := os.Getenv("MTD")
-	if dir == "" {
-		dir = "../../shared/data/mtd"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "test", "good")); err != nil {
-		t.Skipf("MTD data not found (%v); set MTD=/path/to/mtd", err)
-	}
-	return dir
-}
 
 // TestReadImageHugeHeader: the 64-byte BMP FuzzDirImage found, whose
 // header says 23 million rows, made OpenCV abort the process; ReadImage
@@ -123,7 +115,7 @@ func TestReadImageHugeHeader(t *testing.T) {
 // again with a cap below a real MTD image's size.
 func TestImagePixelCapFromEnvironment(t *testing.T) {
 	if os.Getenv("GNLD_TEST_PIXEL_CAP_CHILD") != "" {
-		good, _ := filepath.Glob(filepath.Join(mtdDir(t), "test", "good", "*.jpg"))
+		good, _ := filepath.Glob(filepath.Join(mtd.Dir(t), "test", "good", "*.jpg"))
 		if len(good) == 0 {
 			t.Fatal("no MTD test images")
 		}

@@ -8,7 +8,6 @@ import (
 	"image"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,21 +19,12 @@ import (
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/runtime"
+
+	"gnld/internal/mtd"
 )
 
 // defaultBundle is the shipped bundle, which has drift.json.
 const defaultBundle = "../models/default"
-
-func mtd(t testing.TB) string {
-	dir := os.Getenv("MTD")
-	if dir == "" {
-		dir = "../../shared/data/mtd"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "test", "good")); err != nil {
-		t.Skipf("MTD data not found (%v); set MTD=/path/to/mtd", err)
-	}
-	return dir
-}
 
 func loadDefault(t testing.TB) *models.Bundle {
 	t.Helper()
@@ -52,7 +42,7 @@ func loadDefault(t testing.TB) *models.Bundle {
 // OpenCV functions; only float sums may differ in their last bits.
 func TestFeaturesMatchPython(t *testing.T) {
 	b := loadDefault(t)
-	root := mtd(t)
+	root := mtd.Dir(t)
 	var images []string
 	for _, class := range []string{"good", "crack", "blowhole"} {
 		files, _ := filepath.Glob(filepath.Join(root, "test", class, "*.jpg"))
@@ -166,7 +156,7 @@ func TestDriftDetectsAndRecovers(t *testing.T) {
 	}
 	defer p.Close()
 	sc := &scorer{p: p, cache: map[string]float32{}}
-	good, _ := filepath.Glob(filepath.Join(mtd(t), "test", "good", "*.jpg"))
+	good, _ := filepath.Glob(filepath.Join(mtd.Dir(t), "test", "good", "*.jpg"))
 	slices.Sort(good)
 	if len(good) < 150+5*8 {
 		t.Fatalf("%d test/good images, want at least 190", len(good))
@@ -298,7 +288,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 // as it is (0.2 megapixels) and scaled to 1920x1080.
 func BenchmarkFeatures(b *testing.B) {
 	bd := loadDefault(b)
-	files, _ := filepath.Glob(filepath.Join(mtd(b), "test", "good", "*.jpg"))
+	files, _ := filepath.Glob(filepath.Join(mtd.Dir(b), "test", "good", "*.jpg"))
 	img := gocv.IMRead(files[0], gocv.IMReadColor)
 	defer img.Close()
 	hd := gocv.NewMat()

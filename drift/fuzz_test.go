@@ -9,6 +9,8 @@ import (
 	"gocv.io/x/gocv"
 
 	"gnld/models"
+
+	"gnld/internal/mtd"
 )
 
 // FuzzDriftJSON gives models.Load arbitrary drift.json bytes in a copy of
@@ -28,7 +30,7 @@ func FuzzDriftJSON(f *testing.F) {
 		"colour_rg": {"scale": 1}, "colour_bg": {"scale": 1}, "orientation": {"scale": 1}, "layout": {"scale": 1}}}`} {
 		f.Add([]byte(s))
 	}
-	files, _ := filepath.Glob(filepath.Join(mtd(f), "test", "good", "*.jpg"))
+	files, _ := filepath.Glob(filepath.Join(mtd.Dir(f), "test", "good", "*.jpg"))
 	if len(files) == 0 {
 		f.Fatal("no MTD test images")
 	}

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 	"unsafe"
@@ -24,6 +23,8 @@ import (
 	"gnld/internal/toolchain"
 	"gnld/models"
 	"gnld/runtime"
+
+	"gnld/internal/mtd"
 )
 
 // Tolerances, absolute, on raw maps and scores whose values are O(1) (the
@@ -67,20 +68,10 @@ func parityBundles() []parityBundle {
 }
 
 // mtd is the MVTec-layout MTD data set (never copied into the repo).
-func mtd(t testing.TB) string {
-	dir := os.Getenv("MTD")
-	if dir == "" {
-		dir = "../../shared/data/mtd"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "test")); err != nil {
-		t.Skipf("MTD data not found (%v); set MTD=/path/to/mtd", err)
-	}
-	return dir
-}
 
 // testImages are a few real frames of different sizes, normal and defective.
 func testImages(t testing.TB) []string {
-	dir := mtd(t)
+	dir := mtd.Dir(t)
 	var out []string
 	for _, class := range []string{"good", "blowhole", "crack", "fray"} {
 		files, err := filepath.Glob(filepath.Join(dir, "test", class, "*.jpg"))

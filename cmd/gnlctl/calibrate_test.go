@@ -10,6 +10,8 @@ import (
 
 	"gnld/calibration"
 	"gnld/models"
+
+	"gnld/internal/mtd"
 )
 
 const defaultBundle = "../../models/default"
@@ -51,7 +53,7 @@ func TestCalibrateReproducesTheBundleThreshold(t *testing.T) {
 	if bundle.Meta.Threshold.Source != "normal" {
 		t.Skipf("the default bundle's threshold source is %q, not the held-back normal images", bundle.Meta.Threshold.Source)
 	}
-	good := copyImages(t, filepath.Join(mtdDir(t), "train", "good"), held.HeldOut)
+	good := copyImages(t, filepath.Join(mtd.Dir(t), "train", "good"), held.HeldOut)
 	dir := t.TempDir()
 	out, err := runArgs(t, "calibrate", "--model", defaultBundle, "--good", good, "--camera", "line1", "--dir", dir, "--threads", "2")
 	if err != nil {
@@ -83,7 +85,7 @@ func TestCalibrateReproducesTheBundleThreshold(t *testing.T) {
 // Real MTD good images the model never saw (test/good): without --camera
 // the record is for every camera (_all.json).
 func TestCalibrateEveryCameraFromTestGood(t *testing.T) {
-	good := filepath.Join(mtdDir(t), "test", "good")
+	good := filepath.Join(mtd.Dir(t), "test", "good")
 	dir := filepath.Join(t.TempDir(), "cal")
 	t.Setenv("GNLD_CALIBRATION_DIR", dir) // --dir's default, as gnld's setting
 	if out, err := runArgs(t, "calibrate", "--model", tiny, "--good", good); err != nil {
@@ -97,15 +99,15 @@ func TestCalibrateEveryCameraFromTestGood(t *testing.T) {
 }
 
 func TestCalibrateErrors(t *testing.T) {
-	mtd := mtdDir(t)
-	few := copyImages(t, filepath.Join(mtd, "test", "good"), func() (n []string) {
-		files, _ := listImages(filepath.Join(mtd, "test", "good"))
+	data := mtd.Dir(t)
+	few := copyImages(t, filepath.Join(data, "test", "good"), func() (n []string) {
+		files, _ := listImages(filepath.Join(data, "test", "good"))
 		for _, f := range files[:3] {
 			n = append(n, filepath.Base(f))
 		}
 		return
 	}())
-	broken := copyImages(t, filepath.Join(mtd, "test", "good"), nil)
+	broken := copyImages(t, filepath.Join(data, "test", "good"), nil)
 	os.WriteFile(filepath.Join(broken, "a.jpg"), []byte("not a jpeg"), 0o644)
 	dir := t.TempDir()
 	for _, tc := range []struct {

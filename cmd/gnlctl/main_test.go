@@ -10,20 +10,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"gnld/internal/mtd"
 )
 
 const tiny = "../../models/testdata/tiny"
-
-func mtdDir(t *testing.T) string {
-	dir := os.Getenv("MTD")
-	if dir == "" {
-		dir = "../../../shared/data/mtd"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "test")); err != nil {
-		t.Skipf("MTD data not found (%v); set MTD", err)
-	}
-	return dir
-}
 
 func runArgs(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -57,7 +48,7 @@ func TestInspect(t *testing.T) {
 }
 
 func TestInfer(t *testing.T) {
-	dir := filepath.Join(mtdDir(t), "test", "fray")
+	dir := filepath.Join(mtd.Dir(t), "test", "fray")
 	heat := t.TempDir()
 	out, err := runArgs(t, "infer", "--model", tiny, dir, "--heatmaps", heat)
 	if err != nil {
@@ -96,7 +87,7 @@ func TestBench(t *testing.T) {
 }
 
 func TestEval(t *testing.T) {
-	data := mtdDir(t)
+	data := mtd.Dir(t)
 	js := filepath.Join(t.TempDir(), "eval.json")
 	if _, err := runArgs(t, "eval", "--model", tiny, "--data", data, "--limit", "40", "--json", js); err != nil {
 		t.Fatal(err)
@@ -137,7 +128,7 @@ func TestSubsetIndex(t *testing.T) {
 // TestEvalDump scores a folder shaped like `gnl test --dump`'s output: the
 // marker sets --perturb when it is not given and contradicts "none".
 func TestEvalDump(t *testing.T) {
-	src := mtdDir(t)
+	src := mtd.Dir(t)
 	dir := t.TempDir()
 	copyFile := func(from, to string) {
 		b, err := os.ReadFile(from)

@@ -215,18 +215,7 @@ func TestBrokerNeverAcks(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatalf("gnld: %v\n%s", err, log)
 	}
-	sub.WaitFor(t, 10*time.Second, "offline", func([]testbroker.Msg) bool {
-		st := sub.On("/dev/status")
-		return len(st) > 1 && string(st[len(st)-1].Payload) == "offline"
-	})
-	var final struct {
-		MQTT    publish.Stats          `json:"mqtt"`
-		Cameras map[string]cameraStats `json:"cameras"`
-	}
-	stats := sub.On("/dev/stats")
-	if err := json.Unmarshal(stats[len(stats)-1].Payload, &final); err != nil {
-		t.Fatal(err)
-	}
+	final := offlineStats(t, sub)
 	got := checkAllDelivered(t, sub, "cam", int(final.Cameras["cam"].Processed), nil)
 	t.Logf("%d results delivered; final stats: %+v", len(got), final.MQTT)
 	if final.MQTT.Unacked < uint64(unacked) || final.MQTT.SpoolDropped != 0 {
@@ -491,18 +480,7 @@ func TestSpoolDiskFull(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v\n%s", err, out)
 	}
-	sub.WaitFor(t, 10*time.Second, "offline", func([]testbroker.Msg) bool {
-		st := sub.On("/dev/status")
-		return len(st) > 1 && string(st[len(st)-1].Payload) == "offline"
-	})
-	var final struct {
-		MQTT    publish.Stats          `json:"mqtt"`
-		Cameras map[string]cameraStats `json:"cameras"`
-	}
-	stats := sub.On("/dev/stats")
-	if err := json.Unmarshal(stats[len(stats)-1].Payload, &final); err != nil {
-		t.Fatal(err)
-	}
+	final := offlineStats(t, sub)
 	n := final.Cameras["cam"].Processed
 	got := results(t, sub, "cam")
 	seen := map[uint64]bool{}
@@ -690,4 +668,25 @@ func TestClockJumps(t *testing.T) {
 	}
 	t.Logf("spool from a clock 10 years ahead replayed first, in order; triggers from 1970 and 2999 answered in %.0f, %.0f, %.0f ms",
 		results(t, sub, "trig")[0].LatencyMS.Trigger, results(t, sub, "trig")[1].LatencyMS.Trigger, results(t, sub, "trig")[2].LatencyMS.Trigger)
+}
+
+// stopStats is what gnld's stats message says as it stops.
+type stopStats struct {
+	MQTT    publish.Stats          `json:"mqtt"`
+	Cameras map[string]cameraStats `json:"cameras"`
+}
+
+// offlineStats waits for gnld's "offline" status on device "dev" and
+// returns the stats it sent last, the ones it sends as it stops.
+func offlineStats(t testing.TB, sub *testbroker.Subscriber) (final stopStats) {
+	t.Helper()
+	sub.WaitFor(t, 10*time.Second, "offline", func([]testbroker.Msg) bool {
+		st := sub.On("/dev/status")
+		return len(st) > 1 && string(st[len(st)-1].Payload) == "offline"
+	})
+	msgs := sub.On("/dev/stats")
+	if len(msgs) == 0 || json.Unmarshal(msgs[len(msgs)-1].Payload, &final) != nil {
+		t.Fatal("no final stats message")
+	}
+	return final
 }

@@ -95,18 +95,7 @@ func finalStats(t testing.TB, sub *testbroker.Subscriber, cancel func(), wait fu
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
-	sub.WaitFor(t, 5*time.Second, "offline", func([]testbroker.Msg) bool {
-		st := sub.On("/dev/status")
-		return len(st) > 1 && string(st[len(st)-1].Payload) == "offline"
-	})
-	var stats struct {
-		Cameras map[string]cameraStats `json:"cameras"`
-	}
-	msgs := sub.On("/dev/stats")
-	if len(msgs) == 0 || json.Unmarshal(msgs[len(msgs)-1].Payload, &stats) != nil {
-		t.Fatal("no final stats message")
-	}
-	return stats.Cameras
+	return offlineStats(t, sub).Cameras
 }
 
 // Trigger mode with a real broker: a camera loops over MTD images at 30
