@@ -282,12 +282,11 @@ def fit_split(data: Path, checkpoint: Path) -> tuple[list[Path], list[Path]]:
     """(calibration images, held-back normal images) exactly as `gnl fit`
     chose them when it trained `checkpoint` on `data`."""
     from gnl.data import train_images
-    from gnl.train import EXPORT_CALIB_IMAGES, split_holdout
+    from gnl.train import export_calibration, split_holdout
 
     seed = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"].get("seed", 0))
     train, held = split_holdout(train_images(data), seed)
-    step = max(len(train) // EXPORT_CALIB_IMAGES, 1)
-    return train[::step][:EXPORT_CALIB_IMAGES], held
+    return export_calibration(train), held
 
 
 def run(args: argparse.Namespace) -> int:

@@ -153,6 +153,13 @@ def split_holdout(paths: Sequence[Path], seed: int) -> tuple[list[Path], list[Pa
             [p for i, p in enumerate(paths) if i in held])
 
 
+def export_calibration(train_paths: Sequence[Path]) -> list[Path]:
+    """The EXPORT_CALIB_IMAGES training images, spread evenly, that the
+    int8 export calibrates on (`gnl fit`, and `gnl export --data`)."""
+    step = max(len(train_paths) // EXPORT_CALIB_IMAGES, 1)
+    return list(train_paths[::step][:EXPORT_CALIB_IMAGES])
+
+
 def load_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:
     """8-bit BGR images resized (INTER_LINEAR, as preprocess) to size x size."""
     return [cv2.resize(read_bgr(p), (size, size), interpolation=cv2.INTER_LINEAR)
@@ -531,8 +538,7 @@ def fit(args: argparse.Namespace) -> None:
         return
     from gnl.export import export_bundle
 
-    step = max(len(trainer.train_paths) // EXPORT_CALIB_IMAGES, 1)
     # The bundle's threshold comes from the exported (int8) model's own scores
     # on the held-back normal images, not from the float model's.
-    export_bundle(ckpt_path, args.out, calib_images=trainer.train_paths[::step][:EXPORT_CALIB_IMAGES],
+    export_bundle(ckpt_path, args.out, calib_images=export_calibration(trainer.train_paths),
                   threshold_images=trainer.held_paths)
