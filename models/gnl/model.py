@@ -46,12 +46,20 @@ class GNLConfig:
     # this CPU 32 takes ~80 ms per image against ~250 ms for 64 (batch 1, eager).
     seg_width: int = 32
     teacher_weights: str | None = None
+    # Inner width of the student decoder's residual blocks, as a multiple of
+    # RD4AD's (which mirrors the teacher). Lite0's levels are narrow (24/40/112
+    # channels), so its mirrored student is small (0.64 M parameters); wider
+    # blocks give it more room for a line's normal variety. Levels keep the
+    # teacher's channels, so the maps, losses and the bundle's I/O are unchanged.
+    student_width: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (the bottleneck's stride), got {self.image_size}")
+        if not 1 <= self.student_width <= 8:
+            raise ValueError(f"student_width must be 1..8 (a multiple of RD4AD's inner width), got {self.student_width}")
 
     @property
     def seg_head(self) -> bool:
@@ -145,15 +153,20 @@ class OneClassBottleneck(nn.Module):
 
 
 class StudentDecoder(nn.Module):
-    """RD4AD's student: the teacher mirrored, stride 32 -> 16 -> 8 -> 4."""
+    """RD4AD's student: the teacher mirrored, stride 32 -> 16 -> 8 -> 4.
 
-    def __init__(self, embed: int, channels: tuple[int, int, int], bottleneck: bool) -> None:
+    `width` multiplies each block's inner width (RD4AD's: the output channels,
+    half of them in bottleneck blocks); the blocks' outputs keep the teacher's.
+    """
+
+    def __init__(self, embed: int, channels: tuple[int, int, int], bottleneck: bool, width: int = 1) -> None:
         super().__init__()
         c1, c2, c3 = channels
 
         def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(ResBlock(cin, cout, up=True, bottleneck=bottleneck),
-                                 ResBlock(cout, cout, bottleneck=bottleneck))
+            mid = width * (cout // 2 if bottleneck else cout)
+            return nn.Sequential(ResBlock(cin, cout, up=True, mid=mid, bottleneck=bottleneck),
+                                 ResBlock(cout, cout, mid=mid, bottleneck=bottleneck))
 
         self.up3, self.up2, self.up1 = stage(embed, c3), stage(c3, c2), stage(c2, c1)
 
@@ -221,7 +234,7 @@ class GNL(nn.Module):
         embed = 2 * channels[2]
         blocks = config.backbone in BOTTLENECK_BACKBONES
         self.bottleneck = OneClassBottleneck(channels, embed, blocks)
-        self.student = StudentDecoder(embed, channels, blocks)
+        self.student = StudentDecoder(embed, channels, blocks, config.student_width)
         self.segmentation = SegmentationNet(sum(channels), config.seg_width) if config.seg_head else None
 
     def train(self, mode: bool = True) -> GNL:

@@ -4,6 +4,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
+            [--student-width 1]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -119,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "held-back normal scores (0: never; run to --epochs)")
     a("--steps-per-epoch", type=_int_at_least(1), default=None, help="stage-1 steps per epoch (default: one pass)")
     a("--image-size", type=int, default=IMAGE_SIZE, help="square input size, a multiple of 32")
+    a("--student-width", type=_int_at_least(1), default=1,
+      help="inner width of the student's residual blocks, in multiples of RD4AD's (mirror of the teacher)")
     a("--batch", type=_int_at_least(1), default=16,
       help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
@@ -258,6 +261,7 @@ class Trainer:
         self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
         try:
             model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size,
+                                  student_width=args.student_width,
                                   teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
@@ -514,6 +518,7 @@ def fit(args: argparse.Namespace) -> None:
         args.backbone, args.method, args.image_size, args.batch, args.seed = (
             c["backbone"], c["method"], c["image_size"], c["batch"], c["seed"])
         args.steps_per_epoch = args.steps_per_epoch or c["steps_per_epoch"]
+        args.student_width = c.get("student_width", 1)
         if args.teacher_weights is None and c.get("teacher_weights"):
             args.teacher_weights = Path(c["teacher_weights"])
 

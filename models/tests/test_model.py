@@ -60,6 +60,26 @@ def test_config_validation() -> None:
         GNLConfig(image_size=100)
     with pytest.raises(ValueError, match="method"):
         GNLConfig(method="padim")
+    with pytest.raises(ValueError, match="student_width"):
+        GNLConfig(student_width=0)
+
+
+def test_wider_student_keeps_levels(gnl64: GNL) -> None:
+    """--student-width 2: twice the inner width in each student block, the
+    teacher's channels at each level, so maps and losses are as before."""
+    torch.manual_seed(0)
+    wide = build_model(GNLConfig(image_size=64, student_width=2)).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 1.7 < count(wide.student) / count(gnl64.student) < 2.0  # every inner conv x2; shortcuts as before
+    assert count(wide.bottleneck) == count(gnl64.bottleneck)
+    assert wide.student.up1[0].body[0].out_channels == 2 * gnl64.teacher.channels[0]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fw, f1 = wide.features(x), gnl64.features(x)
+        assert [s.shape for s in fw.student] == [s.shape for s in f1.student]
+        assert wide(x).shape == gnl64(x).shape
+    # Checkpoints written before the option load as width 1.
+    assert GNLConfig.from_dict({"image_size": 64}).student_width == 1
 
 
 def test_checkpoint_round_trip(gnl64: GNL, tmp_path: Path) -> None:
