@@ -47,10 +47,10 @@ class GNLConfig:
     seg_width: int = 32
     teacher_weights: str | None = None
     # Inner width of the student decoder's residual blocks, as a multiple of
-    # RD4AD's (which mirrors the teacher). Lite0's levels are narrow (24/40/112
-    # channels), so its mirrored student is small (0.64 M parameters); wider
-    # blocks give it more room for a line's normal variety. Levels keep the
-    # teacher's channels, so the maps, losses and the bundle's I/O are unchanged.
+    # RD4AD's (which mirrors the teacher). Levels keep the teacher's channels,
+    # so the maps, losses and the bundle's I/O do not change. 1 here so that
+    # checkpoints from before the option load as they were trained; `gnl fit`
+    # picks `default_student_width(backbone)`.
     student_width: int = 1
 
     def __post_init__(self) -> None:
@@ -75,6 +75,18 @@ class GNLConfig:
         """Build from a checkpoint's config, ignoring training-only keys."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def default_student_width(backbone: str) -> int:
+    """`gnl fit`'s student width for a teacher: 4 for EfficientNet-Lite, 1 (RD4AD's mirror) otherwise.
+
+    Lite's levels are narrow (Lite0: 24/40/112 channels), so a mirrored
+    student is small (0.64 M parameters) and holds too little of a line's
+    normal variety: on MTD, width 4 (2.2 M) scored 85.1 against 82.7 in the
+    same 75-minute budget (models/RESULTS.md, "A wider student"). The
+    ResNets' levels (64-1024 channels) give RD4AD's students their width already.
+    """
+    return 4 if backbone.startswith("efficientnet-lite") else 1
 
 
 def l2_normalize(x: Tensor) -> Tensor:

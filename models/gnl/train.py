@@ -4,7 +4,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
-            [--student-width 1]
+            [--student-width N]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -60,7 +60,7 @@ from gnl.augment import FILL, augment
 from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
-from gnl.model import GNL, METHODS, GNLConfig, build_model
+from gnl.model import GNL, METHODS, GNLConfig, build_model, default_student_width
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
 from gnl.teacher import BACKBONES
@@ -120,8 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "held-back normal scores (0: never; run to --epochs)")
     a("--steps-per-epoch", type=_int_at_least(1), default=None, help="stage-1 steps per epoch (default: one pass)")
     a("--image-size", type=int, default=IMAGE_SIZE, help="square input size, a multiple of 32")
-    a("--student-width", type=_int_at_least(1), default=1,
-      help="inner width of the student's residual blocks, in multiples of RD4AD's (mirror of the teacher)")
+    a("--student-width", type=_int_at_least(1), default=None,
+      help="inner width of the student's residual blocks, in multiples of RD4AD's mirror of the teacher "
+           "(default: 4 for EfficientNet-Lite teachers, 1 for the ResNets)")
     a("--batch", type=_int_at_least(1), default=16,
       help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
@@ -261,7 +262,7 @@ class Trainer:
         self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
         try:
             model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size,
-                                  student_width=args.student_width,
+                                  student_width=args.student_width or default_student_width(args.backbone),
                                   teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
