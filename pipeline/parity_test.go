@@ -37,15 +37,20 @@ import (
 //     all-int8 tiny bundle agrees to 4.8e-7 (the same XNNPACK int8 kernels);
 //     the default bundle (float teacher, int8 student and head; int8
 //     transposed convolutions and a CONCATENATION that TFLite 2.14 leaves to
-//     its builtin kernels) measured 0.061 on the map and 0.024 on the score
-//     (1% of its threshold). For scale: within ai_edge_litert alone, XNNPACK
-//     and the builtin int8 kernels differ by 0.029 on it, and by 0.020 on
-//     the tiny bundle. The bound is 1.6 times the largest measured.
+//     its builtin kernels) measured 0.12 on the map and 0.048 on the score
+//     (2% of its threshold). The width-1 student before it measured 0.061
+//     and 0.024: the width-4 student's int8 activations span more, so one
+//     quantum is worth twice as much in the cosine map; through the whole
+//     test set the two runtimes' image AUROC differ by 0.34 point (RESULTS.md).
+//     For scale: within ai_edge_litert alone, XNNPACK and the builtin int8
+//     kernels differed by 0.029 on the width-1 bundle, and by 0.020 on the
+//     tiny bundle. The bound is about 1.6 times the largest measured; a
+//     wiring error moves the map by its whole range (about 2).
 //
 // The input tensor and the post-processing must match exactly.
 const (
 	tolFloatMap = 1e-5
-	tolInt8Map  = 0.1
+	tolInt8Map  = 0.2
 )
 
 type parityBundle struct {

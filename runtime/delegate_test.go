@@ -28,14 +28,17 @@ import (
 //   - XNNPACK on int8 models: XNNPACK's int8 kernels round some requantized
 //     activations by one quantum where TFLite's reference kernels round the
 //     other way; the cosine-distance head amplifies that.
-//     Measured on 12 MTD images: 0.031 (default bundle), 0.015 (tiny).
+//     Measured on 12 MTD images: 0.073 (default bundle, width-4 student;
+//     0.031 with the width-1 student before it, whose int8 activations span
+//     less), 0.015 (tiny). The bound is about 1.6 times the largest; a
+//     wiring error moves the map by its whole range.
 //   - GPU: fp16 arithmetic (is_precision_loss_allowed), plus the int8 parts
 //     run dequantized to float on the GPU, as TFLite's GPU delegate does.
-//     Measured on Mesa's rusticl (6 images): 0.061 (default), 0.026 (tiny),
-//     0.0043 (tiny-float).
+//     Measured on Mesa's rusticl (6 images): 0.048 (default; 0.061 with the
+//     width-1 student), 0.026 (tiny), 0.0043 (tiny-float).
 const (
 	tolXNNPACKFloat = 1e-4
-	tolXNNPACKInt8  = 0.05
+	tolXNNPACKInt8  = 0.12
 	tolGPU          = 0.1
 )
 

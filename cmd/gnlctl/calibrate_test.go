@@ -66,7 +66,11 @@ func TestCalibrateReproducesTheBundleThreshold(t *testing.T) {
 	}
 	want := bundle.Meta.Threshold.Value
 	t.Logf("calibrated %.6f, bundle %.6f: %.2g apart", rec.Threshold, want, math.Abs(rec.Threshold-want))
-	if math.Abs(rec.Threshold-want) > 0.01 {
+	// gnlctl scores through gnld's XNNPACK, gnl export through ai_edge_litert's:
+	// their int8 kernels round differently, 0.014 apart on the default bundle.
+	// Another rule would be far off (the 0.995 quantile was 0.12 below Gumbel's
+	// on the width-1 bundle).
+	if math.Abs(rec.Threshold-want) > 0.03 {
 		t.Errorf("calibrated threshold %.6f, the bundle's (gnl export, same images) %.6f; is calibration.Threshold still the toolchain's rule?", rec.Threshold, want)
 	}
 	rule, _ := calibration.RuleOf(bundle.Meta.Threshold)
