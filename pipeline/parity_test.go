@@ -39,9 +39,9 @@ import (
 //     transposed convolutions and a CONCATENATION that TFLite 2.14 leaves to
 //     its builtin kernels) measured 0.12 on the map and 0.048 on the score
 //     (2% of its threshold). The width-1 student before it measured 0.061
-//     and 0.024: the width-4 student's int8 activations span more, so one
-//     quantum is worth twice as much in the cosine map; through the whole
-//     test set the two runtimes' image AUROC differ by 0.34 point (RESULTS.md).
+//     and 0.024 (which int8 tensors carry the doubling was not traced);
+//     through the whole test set the two runtimes' image AUROC differ by
+//     0.34 point (0.36 for width 1; RESULTS.md).
 //     For scale: within ai_edge_litert alone, XNNPACK and the builtin int8
 //     kernels differed by 0.029 on the width-1 bundle, and by 0.020 on the
 //     tiny bundle. The bound is about 1.6 times the largest measured; a

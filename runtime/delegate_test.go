@@ -29,8 +29,7 @@ import (
 //     activations by one quantum where TFLite's reference kernels round the
 //     other way; the cosine-distance head amplifies that.
 //     Measured on 12 MTD images: 0.073 (default bundle, width-4 student;
-//     0.031 with the width-1 student before it, whose int8 activations span
-//     less), 0.015 (tiny). The bound is about 1.6 times the largest; a
+//     0.031 with the width-1 student before it), 0.015 (tiny). The bound is about 1.6 times the largest; a
 //     wiring error moves the map by its whole range.
 //   - GPU: fp16 arithmetic (is_precision_loss_allowed), plus the int8 parts
 //     run dequantized to float on the GPU, as TFLite's GPU delegate does.
