@@ -57,6 +57,16 @@ def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     return auroc(np.asarray(labels), np.asarray(scores))
 
 
+def image_auroc_per_class(classes: Sequence[str] | np.ndarray,
+                          scores: Sequence[float] | np.ndarray, good: str = "good") -> dict[str, float]:
+    """Image AUROC of each defect class against all the `good` images, rounded to 4 places."""
+    classes, scores = np.asarray(classes), np.asarray(scores)
+    normal = scores[classes == good]
+    return {c: round(image_auroc(np.r_[np.zeros(len(normal)), np.ones((classes == c).sum())],
+                                 np.r_[normal, scores[classes == c]]), 4)
+            for c in sorted(set(classes.tolist()) - {good})}
+
+
 def _f1_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """F1 at each distinct threshold t (predict anomalous when score >= t), and the t's."""
     y, s = _check_binary(labels, scores)

@@ -586,6 +586,11 @@ def knn_image_scores(teacher: Teacher, bank_paths: Sequence[Path], test_paths: S
     return np.asarray(scores)
 
 
+def bank_subset(train: Sequence[Path], n: int) -> list[Path]:
+    """`n` evenly spaced train/good images: the kNN memory bank's."""
+    return list(train[::max(1, len(train) // n)][:n])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gnl teacher-check`."""
     parser.add_argument("--data", required=True, help="MVTec-layout folder")
@@ -607,11 +612,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the teacher strictly, then compare kNN image AUROC: pretrained vs random weights."""
     from gnl.data import test_samples, train_images
-    from gnl.metrics import image_auroc
+    from gnl.metrics import image_auroc, image_auroc_per_class
 
     train = train_images(args.data)
-    step = max(1, len(train) // args.bank_images)
-    bank_paths = train[::step][: args.bank_images]
+    bank_paths = bank_subset(train, args.bank_images)
     samples = test_samples(args.data)
     labels = np.array([s.anomalous for s in samples], dtype=np.int64)
     test_paths = [s.path for s in samples]
@@ -632,12 +636,7 @@ def run(args: argparse.Namespace) -> int:
         scores = knn_image_scores(teacher, bank_paths, test_paths, args.image_size,
                                   args.bank_size, args.seed, args.resize)
         result[f"{kind}_image_auroc"] = image_auroc(labels, scores)
-        classes = np.array([s.label for s in samples])
-        good = scores[classes == "good"]
-        result[f"{kind}_auroc_per_class"] = {
-            c: round(image_auroc(np.r_[np.zeros(len(good)), np.ones((classes == c).sum())],
-                                 np.r_[good, scores[classes == c]]), 4)
-            for c in sorted(set(classes) - {"good"})}
+        result[f"{kind}_auroc_per_class"] = image_auroc_per_class([s.label for s in samples], scores)
         print(f"{kind:10s} image AUROC {result[f'{kind}_image_auroc']:.4f} "
               f"({time.time() - t0:.0f}s)", file=sys.stderr)
     print(json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gnl.metrics import (aupro, f1max_threshold, image_auroc, image_f1max, pixel_auroc,
+from gnl.metrics import (aupro, f1max_threshold, image_auroc, image_auroc_per_class, image_f1max, pixel_auroc,
                          pro_curve)
 
 
@@ -86,3 +86,10 @@ def test_aupro_connected_components_are_8_connected() -> None:
     amap[1, 1] = 1.0
     _, pro = pro_curve([mask], [amap])
     assert pro[1] == pytest.approx(0.5)  # half of the single region, not 1 of 2 regions
+
+
+def test_image_auroc_per_class() -> None:
+    """Each defect class against all good images; the good class itself is not listed."""
+    classes = ["good", "good", "crack", "crack", "hole"]
+    scores = [0.1, 0.3, 0.2, 0.9, 0.05]
+    assert image_auroc_per_class(classes, scores) == {"crack": 0.75, "hole": 0.0}

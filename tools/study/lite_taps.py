@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples, train_images  # noqa: E402
-from gnl.metrics import image_auroc  # noqa: E402
+from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl import teacher as T  # noqa: E402
-from gnl.teacher import build_teacher, knn_image_scores  # noqa: E402
+from gnl.teacher import bank_subset, build_teacher, knn_image_scores  # noqa: E402
 
 
 def expanded_forward(body):
@@ -46,7 +46,7 @@ def main() -> int:
     size = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     bank_size = int(sys.argv[4]) if len(sys.argv) > 4 else 16384
     train = train_images(data)
-    bank_paths = train[::max(1, len(train) // 200)][:200]
+    bank_paths = bank_subset(train, 200)
     samples = test_samples(data)
     labels = np.array([s.anomalous for s in samples])
     classes = np.array([s.label for s in samples])
@@ -62,12 +62,9 @@ def main() -> int:
             teacher.body.forward = expanded_forward(teacher.body)
         t0 = time.time()
         scores = knn_image_scores(teacher, bank_paths, [s.path for s in samples], size, bank_size, 0)
-        good = scores[classes == "good"]
         result[taps] = {
             "image_auroc": round(image_auroc(labels, scores), 4),
-            "per_class": {c: round(image_auroc(np.r_[np.zeros(len(good)), np.ones((classes == c).sum())],
-                                               np.r_[good, scores[classes == c]]), 4)
-                          for c in sorted(set(classes) - {"good"})},
+            "per_class": image_auroc_per_class(classes, scores),
             "seconds": round(time.time() - t0),
         }
         print(taps, result[taps], flush=True)

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples, train_images
-from gnl.metrics import image_auroc
-from gnl.teacher import build_teacher, knn_image_scores
+from gnl.metrics import image_auroc, image_auroc_per_class
+from gnl.teacher import bank_subset, build_teacher, knn_image_scores
 
 data, out_json = sys.argv[1:3]
 train = train_images(data)
-bank = train[::max(1, len(train) // 200)][:200]
+bank = bank_subset(train, 200)
 samples = test_samples(data)
 labels = np.array([s.anomalous for s in samples], int)
 classes = np.array([s.label for s in samples])
@@ -30,11 +30,8 @@ for reading in ("preact", "raw"):
     teacher = build_teacher("resnet50-v2")
     teacher.body.preact_levels = reading == "preact"
     scores = knn_image_scores(teacher, bank, [s.path for s in samples], 256, 16384, 0)
-    good = scores[classes == "good"]
-    res[reading] = {"image_auroc": round(image_auroc(labels, scores), 4), "per_class": {
-        c: round(image_auroc(np.r_[np.zeros(len(good)), np.ones((classes == c).sum())],
-                             np.r_[good, scores[classes == c]]), 4) for c in sorted(set(classes) - {"good"})},
-        "seconds": round(time.time() - t0)}
+    res[reading] = {"image_auroc": round(image_auroc(labels, scores), 4),
+                    "per_class": image_auroc_per_class(classes, scores), "seconds": round(time.time() - t0)}
     print(reading, res[reading], flush=True)
 Path(out_json).parent.mkdir(parents=True, exist_ok=True)
 Path(out_json).write_text(json.dumps(res, indent=1) + "\n")
