@@ -257,3 +257,39 @@ func TestVerifyModelAcceptsModels(t *testing.T) {
 		}
 	}
 }
+
+// TestZeroPointOutOfRangeRefused replays the crash FuzzNew found
+// (testdata/fuzz/FuzzNew): tensor 39 of the tiny int8 model with its
+// quantization zero point set to 64441286650 made TfLiteInterpreterCreate
+// crash (SIGSEGV); the same value on tensor 0 only made XNNPACK decline
+// the model. New must refuse both with an error naming the tensor.
+func TestZeroPointOutOfRangeRefused(t *testing.T) {
+	for _, tensor := range []int{39, 0} {
+		data, err := os.ReadFile(tinyInt8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fb := flatbuf{data: data}
+		tensors := fb.vector(fb.table(fb.vector(fb.root(), 2), 0), 0)
+		zp := fb.vector8(fb.table1(fb.table(tensors, tensor), 4), 3)
+		if fb.err != nil || zp.n == 0 {
+			t.Fatalf("tensor %d of %s has no zero point: %v", tensor, tinyInt8, fb.err)
+		}
+		binary.LittleEndian.PutUint64(data[zp.at:], 64441286650)
+		path := filepath.Join(t.TempDir(), "model.tflite")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("tensor %d: quantization zero point 64441286650 outside [-128, 127]", tensor)
+		for _, d := range []string{XNNPACK, Builtin} {
+			ip, err := New(path, Options{Delegate: d})
+			if err == nil {
+				ip.Close()
+				t.Fatalf("%s: tensor %d with zero point 64441286650 loaded", d, tensor)
+			}
+			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "re-export") {
+				t.Errorf("%s: error %q, want it to say %q and the fix", d, err, want)
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 )
 
 // verifyModel checks the parts of a TFLite flatbuffer (schema.fbs,
@@ -18,8 +19,10 @@ import (
 // later operator writes. Either ends the whole process. So verifyModel
 // checks, for every subgraph, that
 //
-//   - each tensor's buffer names one of the model's buffers, and its shape
-//     has no negative size;
+//   - each tensor's buffer names one of the model's buffers, its shape
+//     has no negative size, and its quantization zero points fit its type
+//     (FuzzNew found an int8 tensor with zero point 64441286650 that made
+//     TfLiteInterpreterCreate crash, SIGSEGV);
 //   - the subgraph's inputs and outputs, and each operator's inputs,
 //     outputs and intermediates, name tensors of the subgraph (an
 //     operator input may be -1: an optional input left out);
@@ -32,7 +35,8 @@ import (
 // (FuzzVerifyModel). The field numbers below are schema.fbs's:
 // Model{operator_codes 1, subgraphs 2, buffers 4}, Buffer{data 0,
 // offset 1}, SubGraph{tensors 0, inputs 1, outputs 2, operators 3},
-// Tensor{shape 0, buffer 2, is_variable 5}, Operator{opcode_index 0,
+// Tensor{shape 0, type 1, buffer 2, quantization 4, is_variable 5},
+// QuantizationParameters{zero_point 3}, Operator{opcode_index 0,
 // inputs 1, outputs 2, intermediates 8}.
 func verifyModel(data []byte) error {
 	fb := flatbuf{data: data}
@@ -79,6 +83,13 @@ func verifySubgraph(fb *flatbuf, s, opcodes int, constant []bool) error {
 		for i := 0; i < shape.n && fb.err == nil; i++ {
 			if d := fb.int32At(shape, i); d < 0 {
 				return fmt.Errorf("subgraph %d, tensor %d: shape has size %d", s, t, d)
+			}
+		}
+		lo, hi := zeroPointRange(fb.uint8(tensor, 1))
+		zp := fb.vector8(fb.table1(tensor, 4), 3)
+		for i := 0; i < zp.n && fb.err == nil; i++ {
+			if z := fb.int64At(zp, i); z < lo || z > hi {
+				return fmt.Errorf("subgraph %d, tensor %d: quantization zero point %d outside [%d, %d], the range of its type", s, t, z, lo, hi)
 			}
 		}
 	}
@@ -128,6 +139,19 @@ func verifySubgraph(fb *flatbuf, s, opcodes int, constant []bool) error {
 	return each("output", fb.vector(sg, 2), false, func(int) error { return nil })
 }
 
+// zeroPointRange is the range a zero point of a tensor of TensorType typ
+// must lie in: its type's range for the 8-bit integers, int32's for the
+// rest (TFLite keeps zero points as int32).
+func zeroPointRange(typ uint8) (lo, hi int64) {
+	switch typ {
+	case 3: // UINT8
+		return 0, 255
+	case 9: // INT8
+		return -128, 127
+	}
+	return math.MinInt32, math.MaxInt32
+}
+
 // flatbuf reads a flatbuffer with every offset checked against its
 // length. The first read outside it sets err; later reads return zeros.
 type flatbuf struct {
@@ -136,7 +160,8 @@ type flatbuf struct {
 	reads int // a budget: offsets that point back at data already read could make the walk endless
 }
 
-// vec is a vector: n elements of 4 bytes (scalars or offsets) from at.
+// vec is a vector: n elements of 4 bytes (scalars or offsets) from at,
+// or of 8 bytes (vector8).
 type vec struct{ at, n int }
 
 func (f *flatbuf) fail(format string, a ...any) {
@@ -238,6 +263,41 @@ func (f *flatbuf) vector(t, i int) vec {
 		return vec{}
 	}
 	return vec{at: v + 4, n: n}
+}
+
+// table1 is the position of the table in field i of the table at t, or 0
+// if absent.
+func (f *flatbuf) table1(t, i int) int {
+	if p := f.field(t, i); p != 0 && f.err == nil {
+		return f.deref(p)
+	}
+	return 0
+}
+
+// vector8 reads vector field i, of 8-byte elements, of the table at t
+// (empty if absent, or if t is 0: an absent table).
+func (f *flatbuf) vector8(t, i int) vec {
+	if t == 0 {
+		return vec{}
+	}
+	p := f.field(t, i)
+	if p == 0 || f.err != nil {
+		return vec{}
+	}
+	v := f.deref(p)
+	n := int(f.u32(v))
+	if f.err == nil && (n < 0 || n > (len(f.data)-v-4)/8) {
+		f.fail("vector of %d 8-byte elements at %d outside the file (%d bytes)", n, v, len(f.data))
+		return vec{}
+	}
+	return vec{at: v + 4, n: n}
+}
+
+// int64At is element i of a vector of int64.
+func (f *flatbuf) int64At(v vec, i int) int64 {
+	lo := f.u32(v.at + 8*i)
+	hi := f.u32(v.at + 8*i + 4)
+	return int64(uint64(hi)<<32 | uint64(lo))
 }
 
 // table is the position of element i of a vector of tables.
