@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -258,34 +259,55 @@ func TestVerifyModelAcceptsModels(t *testing.T) {
 	}
 }
 
-// TestZeroPointOutOfRangeRefused replays the crash FuzzNew found
-// (testdata/fuzz/FuzzNew): tensor 39 of the tiny int8 model with its
-// quantization zero point set to 64441286650 made TfLiteInterpreterCreate
-// crash (SIGSEGV); the same value on tensor 0 only made XNNPACK decline
-// the model. New must refuse both with an error naming the tensor.
-func TestZeroPointOutOfRangeRefused(t *testing.T) {
-	for _, tensor := range []int{39, 0} {
+// TestBadQuantizationRefused replays crashes of TfLiteInterpreterCreate
+// with XNNPACK (SIGSEGV; the builtin kernels ran these models): the one
+// FuzzNew found (testdata/fuzz/FuzzNew), tensor 39 of the tiny int8 model
+// with quantization zero point 64441286650, and those a scan of every
+// tensor's scales found: -1 and +Inf on tensors 25, 39, 44 and 49, and 0,
+// NaN and 1e-38 on tensors 40 and 45. New must refuse each, on either
+// delegate, with an error naming the tensor.
+func TestBadQuantizationRefused(t *testing.T) {
+	for _, c := range []struct {
+		tensor int
+		zero   int64   // written over every zero point, if not 0
+		scale  float32 // written over every scale, if zero is 0
+		want   string
+	}{
+		{39, 64441286650, 0, "quantization zero point 64441286650 outside [-128, 127]"},
+		{0, 64441286650, 0, "quantization zero point 64441286650 outside [-128, 127]"},
+		{25, 0, -1, "quantization scale -1, want a positive normal float"},
+		{39, 0, float32(math.Inf(1)), "quantization scale +Inf"},
+		{40, 0, 0, "quantization scale 0,"},
+		{45, 0, float32(math.NaN()), "quantization scale NaN"},
+		{40, 0, 1e-38, "quantization scale 9.99"},
+	} {
 		data, err := os.ReadFile(tinyInt8)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fb := flatbuf{data: data}
 		tensors := fb.vector(fb.table(fb.vector(fb.root(), 2), 0), 0)
-		zp := fb.vector8(fb.table1(fb.table(tensors, tensor), 4), 3)
-		if fb.err != nil || zp.n == 0 {
-			t.Fatalf("tensor %d of %s has no zero point: %v", tensor, tinyInt8, fb.err)
+		quant := fb.table1(fb.table(tensors, c.tensor), 4)
+		zp, scales := fb.vector8(quant, 3), fb.vector(quant, 2)
+		if fb.err != nil || zp.n == 0 || scales.n == 0 {
+			t.Fatalf("tensor %d of %s is not quantized: %v", c.tensor, tinyInt8, fb.err)
 		}
-		binary.LittleEndian.PutUint64(data[zp.at:], 64441286650)
+		for i := 0; i < zp.n && c.zero != 0; i++ {
+			binary.LittleEndian.PutUint64(data[zp.at+8*i:], uint64(c.zero))
+		}
+		for i := 0; i < scales.n && c.zero == 0; i++ {
+			binary.LittleEndian.PutUint32(data[scales.at+4*i:], math.Float32bits(c.scale))
+		}
 		path := filepath.Join(t.TempDir(), "model.tflite")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		want := fmt.Sprintf("tensor %d: quantization zero point 64441286650 outside [-128, 127]", tensor)
+		want := fmt.Sprintf("tensor %d: %s", c.tensor, c.want)
 		for _, d := range []string{XNNPACK, Builtin} {
 			ip, err := New(path, Options{Delegate: d})
 			if err == nil {
 				ip.Close()
-				t.Fatalf("%s: tensor %d with zero point 64441286650 loaded", d, tensor)
+				t.Fatalf("%s: %s loaded", d, want)
 			}
 			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "re-export") {
 				t.Errorf("%s: error %q, want it to say %q and the fix", d, err, want)

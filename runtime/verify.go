@@ -20,9 +20,12 @@ import (
 // checks, for every subgraph, that
 //
 //   - each tensor's buffer names one of the model's buffers, its shape
-//     has no negative size, and its quantization zero points fit its type
-//     (FuzzNew found an int8 tensor with zero point 64441286650 that made
-//     TfLiteInterpreterCreate crash, SIGSEGV);
+//     has no negative size, its quantization scales are positive normal
+//     floats and its zero points fit its type (FuzzNew found an int8
+//     tensor with zero point 64441286650, and TestBadQuantizationRefused
+//     scales of -1, +Inf, 0, NaN and 1e-38, that made
+//     TfLiteInterpreterCreate with XNNPACK crash, SIGSEGV; the builtin
+//     kernels ran them);
 //   - the subgraph's inputs and outputs, and each operator's inputs,
 //     outputs and intermediates, name tensors of the subgraph (an
 //     operator input may be -1: an optional input left out);
@@ -36,7 +39,7 @@ import (
 // Model{operator_codes 1, subgraphs 2, buffers 4}, Buffer{data 0,
 // offset 1}, SubGraph{tensors 0, inputs 1, outputs 2, operators 3},
 // Tensor{shape 0, type 1, buffer 2, quantization 4, is_variable 5},
-// QuantizationParameters{zero_point 3}, Operator{opcode_index 0,
+// QuantizationParameters{scale 2, zero_point 3}, Operator{opcode_index 0,
 // inputs 1, outputs 2, intermediates 8}.
 func verifyModel(data []byte) error {
 	fb := flatbuf{data: data}
@@ -85,8 +88,19 @@ func verifySubgraph(fb *flatbuf, s, opcodes int, constant []bool) error {
 				return fmt.Errorf("subgraph %d, tensor %d: shape has size %d", s, t, d)
 			}
 		}
+		quant := fb.table1(tensor, 4)
+		if quant != 0 {
+			scales := fb.vector(quant, 2)
+			for i := 0; i < scales.n && fb.err == nil; i++ {
+				// XNNPACK's own rule; a scale of 0, below 0, NaN, Inf
+				// or subnormal quantizes nothing.
+				if x := float64(math.Float32frombits(fb.u32(scales.at + 4*i))); !(x >= 0x1p-126 && x <= math.MaxFloat32) {
+					return fmt.Errorf("subgraph %d, tensor %d: quantization scale %g, want a positive normal float", s, t, x)
+				}
+			}
+		}
 		lo, hi := zeroPointRange(fb.uint8(tensor, 1))
-		zp := fb.vector8(fb.table1(tensor, 4), 3)
+		zp := fb.vector8(quant, 3)
 		for i := 0; i < zp.n && fb.err == nil; i++ {
 			if z := fb.int64At(zp, i); z < lo || z > hi {
 				return fmt.Errorf("subgraph %d, tensor %d: quantization zero point %d outside [%d, %d], the range of its type", s, t, z, lo, hi)
