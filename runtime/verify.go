@@ -89,14 +89,12 @@ func verifySubgraph(fb *flatbuf, s, opcodes int, constant []bool) error {
 			}
 		}
 		quant := fb.table1(tensor, 4)
-		if quant != 0 {
-			scales := fb.vector(quant, 2)
-			for i := 0; i < scales.n && fb.err == nil; i++ {
-				// XNNPACK's own rule; a scale of 0, below 0, NaN, Inf
-				// or subnormal quantizes nothing.
-				if x := float64(math.Float32frombits(fb.u32(scales.at + 4*i))); !(x >= 0x1p-126 && x <= math.MaxFloat32) {
-					return fmt.Errorf("subgraph %d, tensor %d: quantization scale %g, want a positive normal float", s, t, x)
-				}
+		scales := fb.vector(quant, 2)
+		for i := 0; i < scales.n && fb.err == nil; i++ {
+			// XNNPACK's own rule; a scale of 0, below 0, NaN, Inf or
+			// subnormal quantizes nothing.
+			if x := float64(math.Float32frombits(fb.u32(scales.at + 4*i))); !(x >= 0x1p-126 && x <= math.MaxFloat32) {
+				return fmt.Errorf("subgraph %d, tensor %d: quantization scale %g, want a positive normal float", s, t, x)
 			}
 		}
 		lo, hi := zeroPointRange(fb.uint8(tensor, 1))
@@ -264,16 +262,27 @@ func (f *flatbuf) bytes(t, i int) int {
 	return n
 }
 
-// vector reads vector field i of the table at t (empty if absent).
-func (f *flatbuf) vector(t, i int) vec {
+// vector reads vector field i, of 4-byte elements, of the table at t
+// (empty if absent).
+func (f *flatbuf) vector(t, i int) vec { return f.vectorOf(t, i, 4) }
+
+// vector8 reads vector field i, of 8-byte elements, of the table at t.
+func (f *flatbuf) vector8(t, i int) vec { return f.vectorOf(t, i, 8) }
+
+// vectorOf reads vector field i, of size-byte elements, of the table at
+// t (empty if absent, or if t is 0: an absent table, as table1 gives).
+func (f *flatbuf) vectorOf(t, i, size int) vec {
+	if t == 0 {
+		return vec{}
+	}
 	p := f.field(t, i)
 	if p == 0 || f.err != nil {
 		return vec{}
 	}
 	v := f.deref(p)
 	n := int(f.u32(v))
-	if f.err == nil && (n < 0 || n > (len(f.data)-v-4)/4) {
-		f.fail("vector of %d elements at %d outside the file (%d bytes)", n, v, len(f.data))
+	if f.err == nil && (n < 0 || n > (len(f.data)-v-4)/size) {
+		f.fail("vector of %d %d-byte elements at %d outside the file (%d bytes)", n, size, v, len(f.data))
 		return vec{}
 	}
 	return vec{at: v + 4, n: n}
@@ -286,25 +295,6 @@ func (f *flatbuf) table1(t, i int) int {
 		return f.deref(p)
 	}
 	return 0
-}
-
-// vector8 reads vector field i, of 8-byte elements, of the table at t
-// (empty if absent, or if t is 0: an absent table).
-func (f *flatbuf) vector8(t, i int) vec {
-	if t == 0 {
-		return vec{}
-	}
-	p := f.field(t, i)
-	if p == 0 || f.err != nil {
-		return vec{}
-	}
-	v := f.deref(p)
-	n := int(f.u32(v))
-	if f.err == nil && (n < 0 || n > (len(f.data)-v-4)/8) {
-		f.fail("vector of %d 8-byte elements at %d outside the file (%d bytes)", n, v, len(f.data))
-		return vec{}
-	}
-	return vec{at: v + 4, n: n}
 }
 
 // int64At is element i of a vector of int64.
