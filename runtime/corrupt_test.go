@@ -260,7 +260,7 @@ func TestVerifyModelAcceptsModels(t *testing.T) {
 }
 
 // TestBadQuantizationRefused replays crashes of TfLiteInterpreterCreate
-// with XNNPACK (SIGSEGV; the builtin kernels ran these models): the one
+// with XNNPACK (SIGSEGV; the builtin kernels ran the bad scales): the one
 // FuzzNew found (testdata/fuzz/FuzzNew), tensor 39 of the tiny int8 model
 // with quantization zero point 64441286650, and those a scan of every
 // tensor's scales found: -1 and +Inf on tensors 25, 39, 44 and 49, and 0,

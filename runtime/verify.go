@@ -25,7 +25,7 @@ import (
 //     tensor with zero point 64441286650, and TestBadQuantizationRefused
 //     scales of -1, +Inf, 0, NaN and 1e-38, that made
 //     TfLiteInterpreterCreate with XNNPACK crash, SIGSEGV; the builtin
-//     kernels ran them);
+//     kernels ran the bad scales);
 //   - the subgraph's inputs and outputs, and each operator's inputs,
 //     outputs and intermediates, name tensors of the subgraph (an
 //     operator input may be -1: an optional input left out);
