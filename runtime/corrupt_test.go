@@ -225,23 +225,31 @@ func TestDamagedOperatorRefused(t *testing.T) {
 			t.Fatalf("operator %d input %d not found: %v", c.op, c.input, fb.err)
 		}
 		binary.LittleEndian.PutUint32(data[inputs.at+4*c.input:], x)
-		path := filepath.Join(t.TempDir(), "model.tflite")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		want := fmt.Sprintf(c.want, tensors.n)
 		if c.tensor == -1 {
 			want = fmt.Sprintf(c.want, x)
 		}
-		for _, d := range []string{XNNPACK, Builtin} {
-			ip, err := New(path, Options{Delegate: d})
-			if err == nil {
-				ip.Close()
-				t.Fatalf("%s: operator %d input %d = tensor %d loaded", d, c.op, c.input, x)
-			}
-			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "re-export") {
-				t.Errorf("%s: error %q, want it to say %q and the fix", d, err, want)
-			}
+		requireRefused(t, data, fmt.Sprintf("operator %d input %d = tensor %d", c.op, c.input, x), want)
+	}
+}
+
+// requireRefused writes a damaged model and loads it with each CPU
+// delegate: New must refuse it, with an error that says want and the fix
+// (re-export). what names the damage in the failure message.
+func requireRefused(t *testing.T, data []byte, what, want string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "model.tflite")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{XNNPACK, Builtin} {
+		ip, err := New(path, Options{Delegate: d})
+		if err == nil {
+			ip.Close()
+			t.Fatalf("%s: %s loaded", d, what)
+		}
+		if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "re-export") {
+			t.Errorf("%s: error %q, want it to say %q and the fix", d, err, want)
 		}
 	}
 }
@@ -298,20 +306,7 @@ func TestBadQuantizationRefused(t *testing.T) {
 		for i := 0; i < scales.n && c.zero == 0; i++ {
 			binary.LittleEndian.PutUint32(data[scales.at+4*i:], math.Float32bits(c.scale))
 		}
-		path := filepath.Join(t.TempDir(), "model.tflite")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		want := fmt.Sprintf("tensor %d: %s", c.tensor, c.want)
-		for _, d := range []string{XNNPACK, Builtin} {
-			ip, err := New(path, Options{Delegate: d})
-			if err == nil {
-				ip.Close()
-				t.Fatalf("%s: %s loaded", d, want)
-			}
-			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "re-export") {
-				t.Errorf("%s: error %q, want it to say %q and the fix", d, err, want)
-			}
-		}
+		requireRefused(t, data, want, want)
 	}
 }
