@@ -1,0 +1,150 @@
+"""How the stage-1 student's separation changes epoch by epoch, and whether
+any signal a recipe could use (normal images only) follows it.
+
+    # 1. the default recipe's stage 1, with the trainable weights kept after every epoch
+    tools/sidroot run python3 tools/study/epochs.py train ../shared/data/mtd out/study/epochs --epochs 26
+    # 2. every kept epoch scored (distance map only, as stage 1 has no head yet)
+    tools/sidroot run python3 tools/study/epochs.py score ../shared/data/mtd out/study/epochs out/study/epochs.json
+    # 3. the default's segmentation head trained on for more steps, then read with the head
+    tools/sidroot run python3 tools/study/epochs.py seg out/model/checkpoint.pt ../shared/data/mtd out/study/seg --seg-steps 1500 --max-minutes 60
+    tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/seg out/study/seg.json out/model/checkpoint.pt
+
+`train` runs `gnl fit` with its defaults (seed, width, batch, augmentation)
+but no segmentation head steps and no export, and saves
+OUT/epochs/epoch-NN.pt (the trainable state dict) after each epoch; with
+the same seed its epochs are the default bundle's.
+`seg` continues stage 2 (the segmentation head) of a finished checkpoint
+for more steps, keeping the head every 300 steps; `score --full` then reads
+the deployed map (distance + head) instead of the distance map alone.
+`score` reads, for every kept epoch: the image AUROC of the distance map on
+the data set's test split (clean and VAND 2.0, the labels: reference only)
+and three label-free signals on the held-back normal images: their mean
+score (what the plateau rule watches), and the AUROC against two
+synthetic-anomaly versions of each (gnl.synth) and against VAND 2.0-style
+perturbed versions of themselves (how much drift alone moves the scores).
+
+A one-off reading for models/RESULTS.md, not part of the toolchain.
+"""
+import argparse, json, sys, time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+from gnl import train as gtrain  # noqa: E402
+from gnl.data import test_samples, train_images  # noqa: E402
+from gnl.evaluate import perturbed  # noqa: E402
+from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
+from gnl.model import GNLConfig, build_model  # noqa: E402
+from gnl import perturb  # noqa: E402
+from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, read_bgr, to_tensor  # noqa: E402
+from gnl.synth import synthesize  # noqa: E402
+
+SEG_KEEP_EVERY = 300
+SYNTH_SEED, PERTURB_SEED, TEST_SEED = 123, 321, 0  # TEST_SEED: gnl test's VAND 2.0 draws
+
+
+def train(argv: list[str]) -> None:
+    data, out, rest = argv[0], Path(argv[1]), argv[2:]
+    parser = argparse.ArgumentParser()
+    gtrain.add_arguments(parser)
+    args = parser.parse_args(["--data", data, "--out", str(out), "--seg-steps", "0", "--patience", "0",
+                              "--max-minutes", "600", "--no-export", *rest])
+    keep = out / "epochs"
+    keep.mkdir(parents=True, exist_ok=True)
+    save = gtrain.Trainer.save
+
+    def save_and_keep(self: gtrain.Trainer) -> None:
+        save(self)
+        snap = keep / f"epoch-{self.epoch:02d}.pt"
+        if self.epoch and not snap.exists():
+            torch.save({"config": self.cfg, "state_dict": self.model.trainable_state_dict(),
+                        "epoch": self.epoch, "held_out": [p.name for p in self.held_paths],
+                        "at": time.strftime("%H:%M:%S")}, snap)
+
+    gtrain.Trainer.save = save_and_keep
+    gtrain.fit(args)
+
+
+def seg(argv: list[str]) -> None:
+    """Stage 2 continued on a finished checkpoint (copied into OUT first), the
+    head's trainable state kept every SEG_KEEP_EVERY steps."""
+    ckpt, data, out, rest = Path(argv[0]), argv[1], Path(argv[2]), argv[3:]
+    keep = out / "epochs"
+    keep.mkdir(parents=True, exist_ok=True)
+    prev = torch.load(ckpt, map_location="cpu", weights_only=True)
+    torch.save(prev, out / gtrain.CHECKPOINT)
+    parser = argparse.ArgumentParser()
+    gtrain.add_arguments(parser)
+    args = parser.parse_args(["--data", data, "--out", str(out), "--resume", "--epochs", str(prev["epoch"]),
+                              "--no-export", *rest])
+    save = gtrain.Trainer.save
+
+    def save_and_keep(self: gtrain.Trainer) -> None:
+        save(self)
+        snap = keep / f"seg-{self.seg_step:05d}.pt"
+        if self.seg_step % SEG_KEEP_EVERY == 0 and not snap.exists():
+            torch.save({"config": self.cfg, "state_dict": self.model.trainable_state_dict(),
+                        "epoch": self.epoch, "seg_step": self.seg_step,
+                        "held_out": [p.name for p in self.held_paths], "at": time.strftime("%H:%M:%S")}, snap)
+
+    gtrain.Trainer.save = save_and_keep
+    gtrain.fit(args)
+
+
+def score(argv: list[str]) -> None:
+    full = "--full" in argv  # the deployed map (distance + segmentation head), not the distance map alone
+    argv = [a for a in argv if a != "--full"]
+    data, out, out_json = argv[0], Path(argv[1]), Path(argv[2])
+    snaps = sorted((out / "epochs").glob("*.pt")) + [Path(p) for p in argv[3:]]
+    first = torch.load(snaps[0], map_location="cpu", weights_only=True)
+    model = build_model(GNLConfig.from_dict(first["config"])).eval()
+    size = model.config.image_size
+    spec = InputSpec(size, size, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
+
+    held_names = set(first["held_out"])
+    held = [p for p in train_images(data) if p.name in held_names]
+    normal = [cv2.resize(read_bgr(p), (size, size), interpolation=cv2.INTER_LINEAR) for p in held]
+    srng = np.random.default_rng(SYNTH_SEED)
+    synth = [synthesize(b, srng)[0] for b in normal for _ in range(2)]
+    prng = np.random.default_rng(PERTURB_SEED)
+    drifted = [perturb.apply("vand2", b, np.zeros(b.shape[:2], np.float32), prng)[0] for b in normal for _ in range(2)]
+    samples = test_samples(data)
+    labels = np.array([s.anomalous for s in samples], int)
+    classes = np.array([s.label for s in samples])
+    test = {c: [img for _, img, _ in perturbed(samples, c, TEST_SEED)] for c in ("clean", "vand2")}
+
+    def scores(imgs: list[np.ndarray]) -> np.ndarray:
+        out_ = []
+        with torch.inference_mode():
+            for i in range(0, len(imgs), 16):
+                x = torch.from_numpy(np.stack([to_tensor(b, spec) for b in imgs[i:i + 16]]))
+                amap = model(x) if full else model.distance_map(model.features(x, seg=False))
+                out_ += [postprocess(m, spec, BLUR_SIGMA)[1] for m in amap[:, 0].numpy()]
+        return np.array(out_)
+
+    def vs_normal(sn: np.ndarray, other: np.ndarray) -> float:
+        return image_auroc(np.r_[np.zeros(len(sn)), np.ones(len(other))], np.r_[sn, other])
+
+    rows = []
+    for snap in snaps:
+        ck = torch.load(snap, map_location="cpu", weights_only=True)
+        model.load_trainable_state_dict(ck["state_dict"])
+        model.eval()
+        sn, ss, sd = scores(normal), scores(synth), scores(drifted)
+        row = {"snapshot": str(snap), "epoch": ck["epoch"], "seg_step": ck.get("seg_step"),
+               "normal_score": round(float(sn.mean()), 4),
+               "synthetic_auroc": round(vs_normal(sn, ss), 4), "drift_auroc": round(vs_normal(sn, sd), 4)}
+        for c, imgs in test.items():
+            st = scores(imgs)
+            row[f"test_{c}"] = round(image_auroc(labels, st), 4)
+            row[f"test_{c}_per_class"] = image_auroc_per_class(classes, st)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_class")}), flush=True)
+        out_json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    {"train": train, "seg": seg, "score": score}[sys.argv[1]](sys.argv[2:])
