@@ -26,9 +26,9 @@ perturbed versions of themselves (how much drift alone moves the scores).
 A one-off reading for models/RESULTS.md, not part of the toolchain.
 """
 import argparse, json, sys, time
+from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -39,11 +39,28 @@ from gnl.evaluate import perturbed  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl.model import GNLConfig, build_model  # noqa: E402
 from gnl import perturb  # noqa: E402
-from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, read_bgr, to_tensor  # noqa: E402
+from gnl.preprocess import InputSpec  # noqa: E402
 from gnl.synth import synthesize  # noqa: E402
 
 SEG_KEEP_EVERY = 300
 SYNTH_SEED, PERTURB_SEED, TEST_SEED = 123, 321, 0  # TEST_SEED: gnl test's VAND 2.0 draws
+
+
+def keep_snapshots(keep: Path, name: Callable[[gtrain.Trainer], str | None]) -> None:
+    """Make every Trainer.save also write KEEP/name(trainer) (the trainable
+    state dict and where training was), once per name; None: keep nothing."""
+    keep.mkdir(parents=True, exist_ok=True)
+    save = gtrain.Trainer.save
+
+    def save_and_keep(self: gtrain.Trainer) -> None:
+        save(self)
+        n = name(self)
+        if n is not None and not (keep / n).exists():
+            torch.save({"config": self.cfg, "state_dict": self.model.trainable_state_dict(),
+                        "epoch": self.epoch, "seg_step": self.seg_step,
+                        "held_out": [p.name for p in self.held_paths], "at": time.strftime("%H:%M:%S")}, keep / n)
+
+    gtrain.Trainer.save = save_and_keep
 
 
 def train(argv: list[str]) -> None:
@@ -52,19 +69,7 @@ def train(argv: list[str]) -> None:
     gtrain.add_arguments(parser)
     args = parser.parse_args(["--data", data, "--out", str(out), "--seg-steps", "0", "--patience", "0",
                               "--max-minutes", "600", "--no-export", *rest])
-    keep = out / "epochs"
-    keep.mkdir(parents=True, exist_ok=True)
-    save = gtrain.Trainer.save
-
-    def save_and_keep(self: gtrain.Trainer) -> None:
-        save(self)
-        snap = keep / f"epoch-{self.epoch:02d}.pt"
-        if self.epoch and not snap.exists():
-            torch.save({"config": self.cfg, "state_dict": self.model.trainable_state_dict(),
-                        "epoch": self.epoch, "held_out": [p.name for p in self.held_paths],
-                        "at": time.strftime("%H:%M:%S")}, snap)
-
-    gtrain.Trainer.save = save_and_keep
+    keep_snapshots(out / "epochs", lambda tr: f"epoch-{tr.epoch:02d}.pt" if tr.epoch else None)
     gtrain.fit(args)
 
 
@@ -72,25 +77,15 @@ def seg(argv: list[str]) -> None:
     """Stage 2 continued on a finished checkpoint (copied into OUT first), the
     head's trainable state kept every SEG_KEEP_EVERY steps."""
     ckpt, data, out, rest = Path(argv[0]), argv[1], Path(argv[2]), argv[3:]
-    keep = out / "epochs"
-    keep.mkdir(parents=True, exist_ok=True)
     prev = torch.load(ckpt, map_location="cpu", weights_only=True)
+    out.mkdir(parents=True, exist_ok=True)
     torch.save(prev, out / gtrain.CHECKPOINT)
     parser = argparse.ArgumentParser()
     gtrain.add_arguments(parser)
     args = parser.parse_args(["--data", data, "--out", str(out), "--resume", "--epochs", str(prev["epoch"]),
                               "--no-export", *rest])
-    save = gtrain.Trainer.save
-
-    def save_and_keep(self: gtrain.Trainer) -> None:
-        save(self)
-        snap = keep / f"seg-{self.seg_step:05d}.pt"
-        if self.seg_step % SEG_KEEP_EVERY == 0 and not snap.exists():
-            torch.save({"config": self.cfg, "state_dict": self.model.trainable_state_dict(),
-                        "epoch": self.epoch, "seg_step": self.seg_step,
-                        "held_out": [p.name for p in self.held_paths], "at": time.strftime("%H:%M:%S")}, snap)
-
-    gtrain.Trainer.save = save_and_keep
+    keep_snapshots(out / "epochs",
+                   lambda tr: f"seg-{tr.seg_step:05d}.pt" if tr.seg_step % SEG_KEEP_EVERY == 0 else None)
     gtrain.fit(args)
 
 
@@ -106,7 +101,7 @@ def score(argv: list[str]) -> None:
 
     held_names = set(first["held_out"])
     held = [p for p in train_images(data) if p.name in held_names]
-    normal = [cv2.resize(read_bgr(p), (size, size), interpolation=cv2.INTER_LINEAR) for p in held]
+    normal = gtrain.load_images(held, size)
     srng = np.random.default_rng(SYNTH_SEED)
     synth = [synthesize(b, srng)[0] for b in normal for _ in range(2)]
     prng = np.random.default_rng(PERTURB_SEED)
@@ -117,26 +112,16 @@ def score(argv: list[str]) -> None:
     test = {c: [img for _, img, _ in perturbed(samples, c, TEST_SEED)] for c in ("clean", "vand2")}
 
     def scores(imgs: list[np.ndarray]) -> np.ndarray:
-        out_ = []
-        with torch.inference_mode():
-            for i in range(0, len(imgs), 16):
-                x = torch.from_numpy(np.stack([to_tensor(b, spec) for b in imgs[i:i + 16]]))
-                amap = model(x) if full else model.distance_map(model.features(x, seg=False))
-                out_ += [postprocess(m, spec, BLUR_SIGMA)[1] for m in amap[:, 0].numpy()]
-        return np.array(out_)
-
-    def vs_normal(sn: np.ndarray, other: np.ndarray) -> float:
-        return image_auroc(np.r_[np.zeros(len(sn)), np.ones(len(other))], np.r_[sn, other])
+        return gtrain.image_scores(model, imgs, spec, 16, distance_only=not full)
 
     rows = []
     for snap in snaps:
         ck = torch.load(snap, map_location="cpu", weights_only=True)
         model.load_trainable_state_dict(ck["state_dict"])
-        model.eval()
         sn, ss, sd = scores(normal), scores(synth), scores(drifted)
         row = {"snapshot": str(snap), "epoch": ck["epoch"], "seg_step": ck.get("seg_step"),
                "normal_score": round(float(sn.mean()), 4),
-               "synthetic_auroc": round(vs_normal(sn, ss), 4), "drift_auroc": round(vs_normal(sn, sd), 4)}
+               "synthetic_auroc": round(gtrain.auroc(sn, ss), 4), "drift_auroc": round(gtrain.auroc(sn, sd), 4)}
         for c, imgs in test.items():
             st = scores(imgs)
             row[f"test_{c}"] = round(image_auroc(labels, st), 4)
