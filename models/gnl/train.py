@@ -4,7 +4,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
-            [--student-width N]
+            [--student-width N] [--seg-lr-schedule constant|cosine]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -16,7 +16,10 @@ clean images only, the global 1-cos loss only, no stage 2.
 Stage 2 (DeSTSeg, Zhang et al. 2023): the student is frozen and the
 segmentation head learns DRAEM-style synthetic anomalies (synth.py) with
 focal + L1 loss; SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for the residual
-blocks and 0.01 for the ASPP head (DeSTSeg's `lr_res`/`lr_seghead`).
+blocks and 0.01 for the ASPP head (DeSTSeg's `lr_res`/`lr_seghead`), held
+constant as in DeSTSeg, or (`--seg-lr-schedule cosine`) decayed to zero over
+`--seg-steps` on a half cosine, so that the head ends settled rather than
+wherever its last batches pushed it.
 
 Stage 1 runs until it converges: after every epoch the mean stage-1 loss
 and the mean image score of the held-back normal images (distance map only)
@@ -86,6 +89,8 @@ MAX_MINUTES = 75.0  # both stages; calibration and export come after (make model
 CACHE_BATCH = 32  # images per teacher pass when filling the feature cache
 SEG_STEPS = 600  # stage-2 steps (DeSTSeg trains its head far longer on a GPU; bounded by --max-minutes)
 SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  # DeSTSeg's SGD
+SEG_LR_SCHEDULES = ("constant", "cosine")
+SEG_LR_SCHEDULE = "constant"
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -127,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="normal images per step (each gives a clean and an augmented view)")
     a("--seed", type=int, default=111)
     a("--seg-steps", type=_int_at_least(0), default=SEG_STEPS, help="stage-2 (segmentation head) steps")
+    a("--seg-lr-schedule", default=None, choices=SEG_LR_SCHEDULES,
+      help=f"stage-2 learning rates: constant (DeSTSeg), or cosine: decayed to zero over --seg-steps "
+           f"(default: {SEG_LR_SCHEDULE}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -214,6 +222,7 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "seed": args.seed, "lr": LR, "betas": list(BETAS), "top_k": TOP_K,
         "seg_steps": args.seg_steps, "seg_lr_res": SEG_LR_RES, "seg_lr_head": SEG_LR_HEAD,
         "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
+        "seg_lr_schedule": args.seg_lr_schedule or SEG_LR_SCHEDULE,
         "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION,
         "threshold_rule": THRESHOLD_RULE, "false_alarm_target": FALSE_ALARM_TARGET,
         "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
@@ -231,6 +240,18 @@ def _optimizers(model: GNL, cfg: dict[str, Any]) -> tuple[torch.optim.Optimizer,
              {"params": model.segmentation.head.parameters(), "lr": cfg["seg_lr_head"]}],
             lr=cfg["seg_lr_head"], momentum=cfg["seg_momentum"], weight_decay=cfg["seg_weight_decay"])
     return distill, seg
+
+
+def seg_lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The stage-2 learning rates' multiplier for step `step` (0-based) of
+    `steps`: 1 throughout (constant), or a half cosine from 1 at the first
+    step to 0 after the last (cosine). It depends on the step alone, so a
+    resumed run goes on where it stopped."""
+    if schedule == "constant" or steps <= 0:
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+    raise ValueError(f"unknown stage-2 learning-rate schedule {schedule!r}: expected one of {SEG_LR_SCHEDULES}")
 
 
 def plateaued(epochs: Sequence[dict[str, Any]], patience: int, min_delta: float = PLATEAU_MIN_DELTA) -> bool:
@@ -421,6 +442,9 @@ class Trainer:
                     self.run_record["stopped_by"] = "max-minutes"
                     break
                 x, mask = self._seg_batch()
+                factor = seg_lr_factor(self.cfg["seg_lr_schedule"], self.seg_step, self.args.seg_steps)
+                for group, base in zip(opt.param_groups, (self.cfg["seg_lr_res"], self.cfg["seg_lr_head"])):
+                    group["lr"] = base * factor
                 with autocast(self.device, self.amp):
                     logits = model.features(x).seg_logits
                 assert logits is not None
@@ -522,6 +546,7 @@ def fit(args: argparse.Namespace) -> None:
         args.student_width = c.get("student_width", 1)
         if args.teacher_weights is None and c.get("teacher_weights"):
             args.teacher_weights = Path(c["teacher_weights"])
+        args.seg_lr_schedule = args.seg_lr_schedule or c.get("seg_lr_schedule", "constant")
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

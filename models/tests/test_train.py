@@ -163,3 +163,33 @@ def test_cached_teacher_maps_match_a_fresh_pass(tmp_path: Path) -> None:
     for cached, f in zip(t.teacher_cache, fresh):
         assert cached.dtype == torch.float16 and cached.shape == f.shape
         torch.testing.assert_close(cached.float(), f, rtol=2e-3, atol=2e-3)
+
+
+def test_seg_lr_factor() -> None:
+    assert [train.seg_lr_factor("constant", s, 4) for s in range(5)] == [1.0] * 5
+    cosine = [train.seg_lr_factor("cosine", s, 4) for s in range(5)]
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine[4] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    with pytest.raises(ValueError, match="constant"):
+        train.seg_lr_factor("step", 1, 4)
+
+
+def test_cosine_schedule_is_recorded_and_resumed(tmp_path: Path) -> None:
+    data, out = _dataset(tmp_path / "data"), tmp_path / "out"
+
+    def last_lrs() -> list[float]:
+        return [g["lr"] for g in torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["seg"]["param_groups"]]
+
+    bases = [train.SEG_LR_RES, train.SEG_LR_HEAD]
+    assert train.run(_args(data, out, "--seg-steps", "4", "--seg-lr-schedule", "cosine")) == 0
+    assert json.loads((out / "train.json").read_text())["config"]["seg_lr_schedule"] == "cosine"
+    assert last_lrs() == pytest.approx([b * train.seg_lr_factor("cosine", 3, 4) for b in bases])
+    # Resumed without the option: the checkpoint's schedule, over the new --seg-steps.
+    assert train.run(_args(data, out, "--resume", "--seg-steps", "6")) == 0
+    assert json.loads((out / "train.json").read_text())["config"]["seg_lr_schedule"] == "cosine"
+    assert last_lrs() == pytest.approx([b * train.seg_lr_factor("cosine", 5, 6) for b in bases])
+    # The default keeps DeSTSeg's constant rates.
+    assert train.run(_args(data, tmp_path / "constant")) == 0
+    ckpt = torch.load(tmp_path / "constant" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["seg_lr_schedule"] == "constant"
+    assert [g["lr"] for g in ckpt["optimizer"]["seg"]["param_groups"]] == bases

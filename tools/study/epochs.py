@@ -8,6 +8,9 @@ any signal a recipe could use (normal images only) follows it.
     # 3. the default's segmentation head trained on for more steps, then read with the head
     tools/sidroot run python3 tools/study/epochs.py seg out/model/checkpoint.pt ../shared/data/mtd out/study/seg --seg-steps 1500 --max-minutes 60
     tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/seg out/study/seg.json out/model/checkpoint.pt
+    # 4. a fresh head trained on the default's student, per head seed and stage-2 schedule
+    tools/sidroot run python3 tools/study/epochs.py head out/model/checkpoint.pt ../shared/data/mtd out/study/head-cosine-1 --head-seed 1 --seg-lr-schedule cosine
+    tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/head-cosine-1 out/study/head-cosine-1.json
 
 `train` runs `gnl fit` with its defaults (seed, width, batch, augmentation)
 but no segmentation head steps and no export, and saves
@@ -16,6 +19,11 @@ the same seed its epochs are the default bundle's.
 `seg` continues stage 2 (the segmentation head) of a finished checkpoint
 for more steps, keeping the head every 300 steps; `score --full` then reads
 the deployed map (distance + head) instead of the distance map alone.
+`head` trains stage 2 from scratch on a finished checkpoint's student
+(bottleneck and student loaded, the head initialised and its synthetic
+anomalies drawn from --head-seed; the training/held-back split stays the
+checkpoint's) and keeps the final head, so that head seeds and stage-2
+options can be compared on one student.
 `score` reads, for every kept epoch: the image AUROC of the distance map on
 the data set's test split (clean and VAND 2.0, the labels: reference only)
 and three label-free signals on the held-back normal images: their mean
@@ -34,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl import train as gtrain  # noqa: E402
-from gnl.data import test_samples, train_images  # noqa: E402
+from gnl.data import fingerprint, test_samples, train_images  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl.model import GNLConfig, build_model  # noqa: E402
@@ -89,6 +97,39 @@ def seg(argv: list[str]) -> None:
     gtrain.fit(args)
 
 
+def head(argv: list[str]) -> None:
+    """Stage 2 from step 0 on CKPT's student with a head seeded by --head-seed."""
+    ckpt, data, out = Path(argv[0]), argv[1], Path(argv[2])
+    own = argparse.ArgumentParser()
+    own.add_argument("--head-seed", type=int, required=True)
+    mine, rest = own.parse_known_args(argv[3:])
+    prev = torch.load(ckpt, map_location="cpu", weights_only=True)
+    c = prev["config"]
+    parser = argparse.ArgumentParser()
+    gtrain.add_arguments(parser)
+    args = parser.parse_args(["--data", data, "--out", str(out), "--no-export", "--max-minutes", "600",
+                              "--backbone", c["backbone"], "--seed", str(c["seed"]), "--batch", str(c["batch"]),
+                              "--image-size", str(c["image_size"]), "--student-width", str(c["student_width"]), *rest])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = train_images(data)
+    tr = gtrain.Trainer(args, paths, fingerprint(paths), None)
+    missing, unexpected = tr.model.load_state_dict(
+        {k: v for k, v in prev["state_dict"].items() if not k.startswith("segmentation.")}, strict=False)
+    if unexpected or [k for k in missing if not k.startswith(("teacher.", "segmentation."))]:
+        raise SystemExit(f"{ckpt}: its student does not fit this model: {missing[:5]} {unexpected[:5]}")
+    torch.manual_seed(mine.head_seed)
+    for m in tr.model.segmentation.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    tr.seg_rng = np.random.default_rng([mine.head_seed, gtrain.SEG_STREAM])
+    tr.epoch = prev["epoch"]
+    keep_snapshots(out / "epochs", lambda t: f"seg-{t.seg_step:05d}.pt" if t.seg_step == args.seg_steps else None)
+    t0 = time.monotonic()
+    tr.stage2()
+    print(f"head seed {mine.head_seed}, {tr.cfg['seg_lr_schedule']}: {tr.seg_step} steps in "
+          f"{(time.monotonic() - t0) / 60:.1f} min", flush=True)
+
+
 def score(argv: list[str]) -> None:
     full = "--full" in argv  # the deployed map (distance + segmentation head), not the distance map alone
     argv = [a for a in argv if a != "--full"]
@@ -132,4 +173,4 @@ def score(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    {"train": train, "seg": seg, "score": score}[sys.argv[1]](sys.argv[2:])
+    {"train": train, "seg": seg, "head": head, "score": score}[sys.argv[1]](sys.argv[2:])
