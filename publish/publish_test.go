@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -217,6 +220,104 @@ func TestBrokerOutagesLoseNothing(t *testing.T) {
 	}
 	if online < 3 {
 		t.Errorf("online published %d times, want one per connect", online)
+	}
+}
+
+// The connection drops while a result is on its way: sent, not yet
+// acknowledged. That result goes through the spool and reaches the
+// subscriber before every later one. paho, left to itself, resends it after
+// reconnecting and reports the first attempt as acknowledged (see noStore):
+// then it was counted as published without an acknowledgement, and arrived
+// behind the results sent after the reconnect.
+func TestDropDuringPublishKeepsOrder(t *testing.T) {
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	proxy := startCutProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	cfg := testConfig(t, proxy.url())
+	cfg.Timeout = time.Second
+	p, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect()
+	closeAndWait := runPublisher(t, p)
+	for i := range 5 {
+		p.Result(result("cam", uint64(i+1)))
+	}
+	sub.WaitFor(t, 5*time.Second, "5 results", func([]testbroker.Msg) bool { return len(sub.On("/cam/result")) == 5 })
+	proxy.cut.Store(true)
+	for i := 5; i < 10; i++ {
+		p.Result(result("cam", uint64(i+1)))
+	}
+	sub.WaitFor(t, 15*time.Second, "10 results", func([]testbroker.Msg) bool {
+		return len(sequences(t, sub.On("/cam/result"))) >= 10
+	})
+	closeAndWait()
+	checkAllInOrder(t, sequences(t, sub.On("/cam/result")), 10)
+	s := p.Stats()
+	t.Logf("publisher stats %+v; %d bytes swallowed, %d connections", s, proxy.swallowed.Load(), proxy.conns.Load())
+	if proxy.swallowed.Load() == 0 || proxy.conns.Load() < 2 {
+		t.Fatalf("the proxy did not cut a publish (%d bytes swallowed, %d connections)", proxy.swallowed.Load(), proxy.conns.Load())
+	}
+	if s.Unacked != 1 || s.Spooled == 0 || s.Replayed != s.Spooled || s.Published != 10 {
+		t.Errorf("stats %+v: want the cut publish unacknowledged, spooled and replayed, 10 published", s)
+	}
+}
+
+// cutProxy passes TCP connections through to a broker. With cut set, it
+// swallows what the client sends next and closes that connection: a
+// network that fails just as a publish is on its way. Later connections
+// pass again.
+type cutProxy struct {
+	ln               net.Listener
+	cut              atomic.Bool
+	swallowed, conns atomic.Int64
+}
+
+func startCutProxy(t *testing.T, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			broker, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			p.conns.Add(1)
+			go func() { io.Copy(client, broker); client.Close() }()
+			go p.forward(client, broker)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) url() string { return "tcp://" + p.ln.Addr().String() }
+
+func (p *cutProxy) forward(client, broker net.Conn) {
+	defer client.Close()
+	defer broker.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := client.Read(buf)
+		if err != nil {
+			return
+		}
+		if p.cut.CompareAndSwap(true, false) {
+			p.swallowed.Add(int64(n))
+			return
+		}
+		if _, err := broker.Write(buf[:n]); err != nil {
+			return
+		}
 	}
 }
 
