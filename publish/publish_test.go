@@ -78,6 +78,17 @@ func testConfig(t *testing.T, broker string) Config {
 	}
 }
 
+// startPublisher makes a Publisher for cfg, connects it and starts its
+// sender (runPublisher).
+func startPublisher(t *testing.T, cfg Config) (p *Publisher, closeAndWait func()) {
+	p, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Connect()
+	return p, runPublisher(t, p)
+}
+
 // runPublisher starts p's sender and returns a func that closes p and
 // waits for Run to return. As in gnld, Run gets a hard deadline (here 1s
 // after Close) to wait for the broker to take the spool.
@@ -137,12 +148,7 @@ func TestPublishStatusResultsStats(t *testing.T) {
 	cfg := testConfig(t, b.URL())
 	cfg.StatsInterval = 100 * time.Millisecond
 	cfg.StatsExtra = func() any { return map[string]int{"cam": 1} }
-	p, err := New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Connect()
-	closeAndWait := runPublisher(t, p)
+	p, closeAndWait := startPublisher(t, cfg)
 	for i := range 20 {
 		p.Result(result("cam", uint64(i+1)))
 	}
@@ -180,12 +186,7 @@ func TestBrokerOutagesLoseNothing(t *testing.T) {
 	sub := testbroker.Subscribe(t, b, "gnl/#")
 	b.Stop()
 
-	p, err := New(testConfig(t, b.URL()), testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Connect() // broker down: logs, returns after Timeout
-	closeAndWait := runPublisher(t, p)
+	p, closeAndWait := startPublisher(t, testConfig(t, b.URL())) // broker down: Connect logs, returns after Timeout
 
 	const n = 300
 	go func() {
@@ -235,12 +236,7 @@ func TestDropDuringPublishKeepsOrder(t *testing.T) {
 	proxy := startCutProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	cfg := testConfig(t, proxy.url())
 	cfg.Timeout = time.Second
-	p, err := New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Connect()
-	closeAndWait := runPublisher(t, p)
+	p, closeAndWait := startPublisher(t, cfg)
 	for i := range 5 {
 		p.Result(result("cam", uint64(i+1)))
 	}
@@ -381,12 +377,7 @@ func TestTLSClientCertificate(t *testing.T) {
 	b, files := testbroker.StartTLS(t)
 	cfg := testConfig(t, b.URL())
 	cfg.CAFile, cfg.CertFile, cfg.KeyFile = files.CA, files.Cert, files.Key
-	p, err := New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Connect()
-	closeAndWait := runPublisher(t, p)
+	p, closeAndWait := startPublisher(t, cfg)
 	for i := range 5 {
 		p.Result(result("cam", uint64(i+1)))
 	}
@@ -398,12 +389,7 @@ func TestTLSClientCertificate(t *testing.T) {
 	cfg.CertFile, cfg.KeyFile = "", ""
 	cfg.Timeout = 500 * time.Millisecond
 	cfg.SpoolDir = filepath.Join(t.TempDir(), "spool")
-	p, err = New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Connect()
-	closeAndWait = runPublisher(t, p)
+	p, closeAndWait = startPublisher(t, cfg)
 	p.Result(result("cam", 1))
 	closeAndWait()
 	if s := p.Stats(); s.Published != 0 || s.Spooled != 1 {
