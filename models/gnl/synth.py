@@ -12,6 +12,13 @@ texture is procedural, one of (uniform choice):
   * "self":    the image itself rotated by 90/180/270 degrees and its
                patches (2x2, 4x4 or 8x8 grid) shuffled - a self-augmentation
                in the spirit of DRAEM/CutPaste that keeps the image's statistics.
+With `stroke_share` > 0, that share of the masks is instead one to three
+thin curved strokes (`stroke_mask`): a random walk of slowly turning heading,
+0.5-3% of the image's short side wide and 20-80% of its long side long. Cracks,
+scratches and hairlines are thin and long, which a thresholded Perlin blob
+rarely is. A stroke is filled either with a texture (as above) or by shading
+the image itself darker or lighter (gain 0.2-0.7 or 1.3-2.0), as a crack or a
+scratch changes the surface's brightness rather than its colour.
 Used by stage 2 of `gnl fit` (segmentation head) and to check the model on
 held-back normal images; never on a test set.
 """
@@ -27,6 +34,12 @@ PERLIN_MAX_LOG2 = 5
 THRESHOLD = 0.5
 BETA_MAX = 0.8
 MAX_TRIES = 20
+STROKES_MAX = 3  # strokes per stroke mask: 1..3
+STROKE_POINTS = 48  # vertices of each stroke's polyline
+STROKE_LENGTH = (0.2, 0.8)  # of the image's long side
+STROKE_WIDTH = (0.005, 0.03)  # of the image's short side (at least 1 px)
+STROKE_TURN = (0.02, 0.3)  # s.d. of the heading change per vertex, radians: straight .. wiggly
+SHADE_DARK, SHADE_LIGHT = (0.2, 0.7), (1.3, 2.0)  # gains of the shading fill
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -71,6 +84,28 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         if mask.any():
             return mask
     raise RuntimeError(f"no Perlin mask above {THRESHOLD} in {MAX_TRIES} draws for shape {shape}")
+
+
+def stroke_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A binary float32 mask of 1..STROKES_MAX thin curved strokes; never empty."""
+    h, w = shape
+    canvas = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(1, STROKES_MAX + 1))):
+        step = rng.uniform(*STROKE_LENGTH) * max(h, w) / STROKE_POINTS
+        heading = rng.uniform(0, 2 * math.pi) + np.cumsum(rng.normal(0, rng.uniform(*STROKE_TURN), STROKE_POINTS))
+        start = rng.uniform((0, 0), (w, h))
+        pts = start + np.cumsum(step * np.stack([np.cos(heading), np.sin(heading)], axis=1), axis=0)
+        width = max(1, int(round(rng.uniform(*STROKE_WIDTH) * min(h, w))))
+        cv2.polylines(canvas, [np.rint(np.vstack([start, pts])).astype(np.int32)], False, 255, thickness=width)
+    if not canvas.any():  # every stroke left the image: draw one through its centre
+        cv2.line(canvas, (0, h // 2), (w - 1, h // 2), 255, 1)
+    return (canvas > 0).astype(np.float32)
+
+
+def shade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image itself, darker or lighter by one random gain (float32)."""
+    gain = rng.uniform(*(SHADE_DARK if rng.random() < 0.5 else SHADE_LIGHT))
+    return img.astype(np.float32) * gain
 
 
 def _two_colours(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,10 +155,19 @@ def texture(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return self_texture(img, rng)
 
 
-def synthesize(bgr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """8-bit BGR image -> (image with a synthetic anomaly, uint8; mask, float32 {0, 1} H x W)."""
-    mask = perlin_mask(bgr.shape[:2], rng)
-    tex = texture(bgr, rng)
+def synthesize(bgr: np.ndarray, rng: np.random.Generator,
+               stroke_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit BGR image -> (image with a synthetic anomaly, uint8; mask, float32 {0, 1} H x W).
+
+    `stroke_share` of the masks are thin strokes; the rest are Perlin blobs.
+    With 0 no random number is drawn for the choice (the same draws as before
+    strokes existed)."""
+    if stroke_share > 0 and rng.random() < stroke_share:
+        mask = stroke_mask(bgr.shape[:2], rng)
+        tex = shade(bgr, rng) if rng.random() < 0.5 else texture(bgr, rng)
+    else:
+        mask = perlin_mask(bgr.shape[:2], rng)
+        tex = texture(bgr, rng)
     beta = rng.uniform(0, BETA_MAX)
     img = bgr.astype(np.float32)
     m = mask[..., None]

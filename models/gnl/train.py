@@ -4,7 +4,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
     gnl fit --data DIR --out OUT [--backbone efficientnet-lite0] [--method gnl|rd4ad]
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
-            [--student-width N] [--seg-lr-schedule constant|cosine]
+            [--student-width N] [--seg-lr-schedule constant|cosine] [--stroke-share 0]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -19,7 +19,8 @@ focal + L1 loss; SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for the residual
 blocks and 0.01 for the ASPP head (DeSTSeg's `lr_res`/`lr_seghead`), held
 constant as in DeSTSeg, or (`--seg-lr-schedule cosine`) decayed to zero over
 `--seg-steps` on a half cosine, so that the head ends settled rather than
-wherever its last batches pushed it.
+wherever its last batches pushed it. `--stroke-share P` makes that share of
+the synthetic anomalies thin curved strokes instead of Perlin blobs (synth.py).
 
 Stage 1 runs until it converges: after every epoch the mean stage-1 loss
 and the mean image score of the held-back normal images (distance map only)
@@ -91,6 +92,7 @@ SEG_STEPS = 600  # stage-2 steps (DeSTSeg trains its head far longer on a GPU; b
 SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  # DeSTSeg's SGD
 SEG_LR_SCHEDULES = ("constant", "cosine")
 SEG_LR_SCHEDULE = "constant"
+STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -106,6 +108,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
     return parse
+
+
+def _share(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seg-lr-schedule", default=None, choices=SEG_LR_SCHEDULES,
       help=f"stage-2 learning rates: constant (DeSTSeg), or cosine: decayed to zero over --seg-steps "
            f"(default: {SEG_LR_SCHEDULE}; with --resume, the checkpoint's)")
+    a("--stroke-share", type=_share, default=None,
+      help=f"share of the synthetic anomalies drawn as thin curved strokes instead of Perlin blobs "
+           f"(default: {STROKE_SHARE}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -223,6 +236,7 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "seg_steps": args.seg_steps, "seg_lr_res": SEG_LR_RES, "seg_lr_head": SEG_LR_HEAD,
         "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
         "seg_lr_schedule": args.seg_lr_schedule or SEG_LR_SCHEDULE,
+        "stroke_share": STROKE_SHARE if args.stroke_share is None else args.stroke_share,
         "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION,
         "threshold_rule": THRESHOLD_RULE, "false_alarm_target": FALSE_ALARM_TARGET,
         "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
@@ -417,7 +431,7 @@ class Trainer:
         for i in self.seg_rng.integers(len(self.images), size=self.args.batch):
             img = self.images[i]
             if self.seg_rng.random() < SEG_ANOMALY_P:
-                img, mask = synthesize(img, self.seg_rng)
+                img, mask = synthesize(img, self.seg_rng, self.cfg["stroke_share"])
             else:
                 mask = np.zeros(img.shape[:2], np.float32)
             imgs.append(img)
@@ -484,7 +498,7 @@ class Trainer:
         held = self.held_images
         crng = np.random.default_rng([self.args.seed, CALIB_STREAM])
         normal = image_scores(self.model, held, self.spec, self.args.batch)
-        synthetic = image_scores(self.model, [synthesize(im, crng)[0] for im in held], self.spec, self.args.batch)
+        synthetic = image_scores(self.model, [synthesize(im, crng, self.cfg["stroke_share"])[0] for im in held], self.spec, self.args.batch)
         calibration = {
             "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
             "blur_sigma": BLUR_SIGMA, "threshold_rule": THRESHOLD_RULE,
@@ -547,6 +561,8 @@ def fit(args: argparse.Namespace) -> None:
         if args.teacher_weights is None and c.get("teacher_weights"):
             args.teacher_weights = Path(c["teacher_weights"])
         args.seg_lr_schedule = args.seg_lr_schedule or c.get("seg_lr_schedule", "constant")
+        if args.stroke_share is None:
+            args.stroke_share = c.get("stroke_share", 0.0)
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

@@ -192,3 +192,20 @@ def test_cosine_schedule_is_recorded_and_resumed(tmp_path: Path) -> None:
     assert train.run(_args(data, tmp_path / "constant")) == 0
     assert json.loads((tmp_path / "constant" / "train.json").read_text())["config"]["seg_lr_schedule"] == "constant"
     assert last_lrs(tmp_path / "constant") == bases
+
+
+def test_stroke_share_is_recorded_resumed_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, out = _dataset(tmp_path / "data"), tmp_path / "out"
+
+    def share(run: Path = out) -> float:
+        return json.loads((run / "train.json").read_text())["config"]["stroke_share"]
+
+    assert train.run(_args(data, out, "--stroke-share", "0.5")) == 0
+    assert share() == 0.5
+    assert train.run(_args(data, out, "--resume", "--seg-steps", "3")) == 0
+    assert share() == 0.5  # the checkpoint's, as the schedule
+    assert train.run(_args(data, tmp_path / "default")) == 0
+    assert share(tmp_path / "default") == train.STROKE_SHARE
+    with pytest.raises(SystemExit):
+        _args(data, out, "--stroke-share", "1.5")
+    assert "--stroke-share: must be between 0 and 1, got 1.5" in capsys.readouterr().err
