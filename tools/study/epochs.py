@@ -11,6 +11,7 @@ any signal a recipe could use (normal images only) follows it.
     # 4. a fresh head trained on the default's student, per head seed and stage-2 schedule
     tools/sidroot run python3 tools/study/epochs.py head out/model/checkpoint.pt ../shared/data/mtd out/study/head-cosine-1 --head-seed 1 --seg-lr-schedule cosine
     tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/head-cosine-1 out/study/head-cosine-1.json
+    # (any `gnl fit` stage-2 option passes through, e.g. --stroke-share 0.5 for thin-stroke anomalies)
 
 `train` runs `gnl fit` with its defaults (seed, width, batch, augmentation)
 but no segmentation head steps and no export, and saves
