@@ -498,7 +498,8 @@ class Trainer:
         held = self.held_images
         crng = np.random.default_rng([self.args.seed, CALIB_STREAM])
         normal = image_scores(self.model, held, self.spec, self.args.batch)
-        synthetic = image_scores(self.model, [synthesize(im, crng, self.cfg["stroke_share"])[0] for im in held], self.spec, self.args.batch)
+        anomalous = [synthesize(im, crng, self.cfg["stroke_share"])[0] for im in held]
+        synthetic = image_scores(self.model, anomalous, self.spec, self.args.batch)
         calibration = {
             "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
             "blur_sigma": BLUR_SIGMA, "threshold_rule": THRESHOLD_RULE,
@@ -562,7 +563,7 @@ def fit(args: argparse.Namespace) -> None:
             args.teacher_weights = Path(c["teacher_weights"])
         args.seg_lr_schedule = args.seg_lr_schedule or c.get("seg_lr_schedule", "constant")
         if args.stroke_share is None:
-            args.stroke_share = c.get("stroke_share", 0.0)
+            args.stroke_share = c.get("stroke_share", 0.0)  # checkpoints from before strokes drew none
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

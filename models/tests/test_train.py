@@ -34,6 +34,11 @@ def _args(data: Path, out: Path, *extra: str) -> argparse.Namespace:
                               "--no-export", *extra])
 
 
+def _train_config(out: Path) -> dict:
+    """The `config` that OUT/train.json records."""
+    return json.loads((out / "train.json").read_text())["config"]
+
+
 def _stage1_weights(out: Path) -> dict[str, torch.Tensor]:
     state = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith(("bottleneck.", "student."))}
@@ -182,30 +187,26 @@ def test_cosine_schedule_is_recorded_and_resumed(tmp_path: Path) -> None:
 
     bases = [train.SEG_LR_RES, train.SEG_LR_HEAD]
     assert train.run(_args(data, out, "--seg-steps", "4", "--seg-lr-schedule", "cosine")) == 0
-    assert json.loads((out / "train.json").read_text())["config"]["seg_lr_schedule"] == "cosine"
+    assert _train_config(out)["seg_lr_schedule"] == "cosine"
     assert last_lrs() == pytest.approx([b * train.seg_lr_factor("cosine", 3, 4) for b in bases])
     # Resumed without the option: the checkpoint's schedule, over the new --seg-steps.
     assert train.run(_args(data, out, "--resume", "--seg-steps", "6")) == 0
-    assert json.loads((out / "train.json").read_text())["config"]["seg_lr_schedule"] == "cosine"
+    assert _train_config(out)["seg_lr_schedule"] == "cosine"
     assert last_lrs() == pytest.approx([b * train.seg_lr_factor("cosine", 5, 6) for b in bases])
     # The default keeps DeSTSeg's constant rates.
     assert train.run(_args(data, tmp_path / "constant")) == 0
-    assert json.loads((tmp_path / "constant" / "train.json").read_text())["config"]["seg_lr_schedule"] == "constant"
+    assert _train_config(tmp_path / "constant")["seg_lr_schedule"] == "constant"
     assert last_lrs(tmp_path / "constant") == bases
 
 
 def test_stroke_share_is_recorded_resumed_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, out = _dataset(tmp_path / "data"), tmp_path / "out"
-
-    def share(run: Path = out) -> float:
-        return json.loads((run / "train.json").read_text())["config"]["stroke_share"]
-
     assert train.run(_args(data, out, "--stroke-share", "0.5")) == 0
-    assert share() == 0.5
+    assert _train_config(out)["stroke_share"] == 0.5
     assert train.run(_args(data, out, "--resume", "--seg-steps", "3")) == 0
-    assert share() == 0.5  # the checkpoint's, as the schedule
+    assert _train_config(out)["stroke_share"] == 0.5  # the checkpoint's, as the schedule
     assert train.run(_args(data, tmp_path / "default")) == 0
-    assert share(tmp_path / "default") == train.STROKE_SHARE
+    assert _train_config(tmp_path / "default")["stroke_share"] == train.STROKE_SHARE
     with pytest.raises(SystemExit):
         _args(data, out, "--stroke-share", "1.5")
     assert "--stroke-share: must be between 0 and 1, got 1.5" in capsys.readouterr().err

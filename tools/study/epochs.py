@@ -124,7 +124,8 @@ def head(argv: list[str]) -> None:
     keep_snapshots(out / "epochs", lambda t: f"seg-{t.seg_step:05d}.pt" if t.seg_step == args.seg_steps else None)
     t0 = time.monotonic()
     tr.stage2()
-    print(f"head seed {mine.head_seed}, {tr.cfg['seg_lr_schedule']}: {tr.seg_step} steps in "
+    print(f"head seed {mine.head_seed}, {tr.cfg['seg_lr_schedule']}, stroke share {tr.cfg['stroke_share']}: "
+          f"{tr.seg_step} steps in "
           f"{(time.monotonic() - t0) / 60:.1f} min", flush=True)
 
 
