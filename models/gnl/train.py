@@ -5,6 +5,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
             [--student-width N] [--seg-lr-schedule constant|cosine] [--stroke-share 0]
+            [--seg-augment 0]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -21,6 +22,9 @@ constant as in DeSTSeg, or (`--seg-lr-schedule cosine`) decayed to zero over
 `--seg-steps` on a half cosine, so that the head ends settled rather than
 wherever its last batches pushed it. `--stroke-share P` makes that share of
 the synthetic anomalies thin curved strokes instead of Perlin blobs (synth.py).
+`--seg-augment P` passes that share of the head's images through stage 1's
+augmentation (augment.py) before an anomaly is drawn on them, so that the
+head also sees drifted normal surfaces labelled normal.
 
 Stage 1 runs until it converges: after every epoch the mean stage-1 loss
 and the mean image score of the held-back normal images (distance map only)
@@ -93,6 +97,7 @@ SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  
 SEG_LR_SCHEDULES = ("constant", "cosine")
 SEG_LR_SCHEDULE = "constant"
 STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
+SEG_AUGMENT = 0.0  # of the stage-2 images given stage 1's augmentation before the anomaly
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -148,6 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--stroke-share", type=_share, default=None,
       help=f"share of the synthetic anomalies drawn as thin curved strokes instead of Perlin blobs "
            f"(default: {STROKE_SHARE}; with --resume, the checkpoint's)")
+    a("--seg-augment", type=_share, default=None,
+      help=f"share of the segmentation head's images given stage 1's augmentation (light, noise, rotation) "
+           f"before a synthetic anomaly is drawn on them (default: {SEG_AUGMENT}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -237,6 +245,7 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "seg_momentum": SEG_MOMENTUM, "seg_weight_decay": SEG_WEIGHT_DECAY, "seg_anomaly_p": SEG_ANOMALY_P,
         "seg_lr_schedule": args.seg_lr_schedule or SEG_LR_SCHEDULE,
         "stroke_share": STROKE_SHARE if args.stroke_share is None else args.stroke_share,
+        "seg_augment": SEG_AUGMENT if args.seg_augment is None else args.seg_augment,
         "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION,
         "threshold_rule": THRESHOLD_RULE, "false_alarm_target": FALSE_ALARM_TARGET,
         "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
@@ -430,6 +439,9 @@ class Trainer:
         imgs, masks = [], []
         for i in self.seg_rng.integers(len(self.images), size=self.args.batch):
             img = self.images[i]
+            # a share of 0 draws no number, so the old seeds keep their anomalies
+            if self.cfg["seg_augment"] > 0 and self.seg_rng.random() < self.cfg["seg_augment"]:
+                img = augment(img, self.seg_rng, self.args.rotation_fill)
             if self.seg_rng.random() < SEG_ANOMALY_P:
                 img, mask = synthesize(img, self.seg_rng, self.cfg["stroke_share"])
             else:
@@ -564,6 +576,8 @@ def fit(args: argparse.Namespace) -> None:
         args.seg_lr_schedule = args.seg_lr_schedule or c.get("seg_lr_schedule", "constant")
         if args.stroke_share is None:
             args.stroke_share = c.get("stroke_share", 0.0)  # checkpoints from before strokes drew none
+        if args.seg_augment is None:
+            args.seg_augment = c.get("seg_augment", 0.0)  # nor augmented any stage-2 image
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

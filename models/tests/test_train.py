@@ -199,14 +199,38 @@ def test_cosine_schedule_is_recorded_and_resumed(tmp_path: Path) -> None:
     assert last_lrs(tmp_path / "constant") == bases
 
 
-def test_stroke_share_is_recorded_resumed_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("option, key, default", [("--stroke-share", "stroke_share", train.STROKE_SHARE),
+                                                   ("--seg-augment", "seg_augment", train.SEG_AUGMENT)])
+def test_stage2_share_is_recorded_resumed_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      option: str, key: str, default: float) -> None:
     data, out = _dataset(tmp_path / "data"), tmp_path / "out"
-    assert train.run(_args(data, out, "--stroke-share", "0.5")) == 0
-    assert _train_config(out)["stroke_share"] == 0.5
+    assert train.run(_args(data, out, option, "0.5")) == 0
+    assert _train_config(out)[key] == 0.5
     assert train.run(_args(data, out, "--resume", "--seg-steps", "3")) == 0
-    assert _train_config(out)["stroke_share"] == 0.5  # the checkpoint's, as the schedule
+    assert _train_config(out)[key] == 0.5  # the checkpoint's, as the schedule
     assert train.run(_args(data, tmp_path / "default")) == 0
-    assert _train_config(tmp_path / "default")["stroke_share"] == train.STROKE_SHARE
+    assert _train_config(tmp_path / "default")[key] == default
     with pytest.raises(SystemExit):
-        _args(data, out, "--stroke-share", "1.5")
-    assert "--stroke-share: must be between 0 and 1, got 1.5" in capsys.readouterr().err
+        _args(data, out, option, "1.5")
+    assert f"{option}: must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def test_seg_augment_augments_the_heads_images(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    paths = sorted((data / "train" / "good").iterdir())
+
+    def batch(*extra: str) -> tuple[np.ndarray, np.ndarray, set[bytes]]:
+        """One stage-2 batch from a fixed seed, and the training images as the head would see them unchanged."""
+        t = train.Trainer(_args(data, tmp_path / "out", "--batch", "8", *extra), paths, "fp", None)
+        t.seg_rng = np.random.default_rng(5)
+        x, mask = t._seg_batch()
+        return x.numpy(), mask.numpy(), {im.tobytes() for im in train.to_batch(t.images, t.spec).numpy()}
+
+    plain, plain_mask, unchanged = batch()
+    assert np.array_equal(plain, batch("--seg-augment", "0")[0])  # share 0: the old draws exactly
+    assert any(im.tobytes() in unchanged for im in plain)  # the half without an anomaly
+    # Share 1: every image is an augmented view, with or without an anomaly;
+    # the masks still mark only the synthetic anomalies.
+    augmented, mask, _ = batch("--seg-augment", "1")
+    assert not any(im.tobytes() in unchanged for im in augmented)
+    assert set(np.unique(mask)) <= {0.0, 1.0} and mask.shape == plain_mask.shape

@@ -11,7 +11,8 @@ any signal a recipe could use (normal images only) follows it.
     # 4. a fresh head trained on the default's student, per head seed and stage-2 schedule
     tools/sidroot run python3 tools/study/epochs.py head out/model/checkpoint.pt ../shared/data/mtd out/study/head-cosine-1 --head-seed 1 --seg-lr-schedule cosine
     tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/head-cosine-1 out/study/head-cosine-1.json
-    # (any `gnl fit` stage-2 option passes through, e.g. --stroke-share 0.5 for thin-stroke anomalies)
+    # (any `gnl fit` stage-2 option passes through, e.g. --stroke-share 0.5 for thin-stroke anomalies,
+    #  --seg-augment 0.5 for augmented images in the head's training)
 
 `train` runs `gnl fit` with its defaults (seed, width, batch, augmentation)
 but no segmentation head steps and no export, and saves
@@ -124,7 +125,8 @@ def head(argv: list[str]) -> None:
     keep_snapshots(out / "epochs", lambda t: f"seg-{t.seg_step:05d}.pt" if t.seg_step == args.seg_steps else None)
     t0 = time.monotonic()
     tr.stage2()
-    print(f"head seed {mine.head_seed}, {tr.cfg['seg_lr_schedule']}, stroke share {tr.cfg['stroke_share']}: "
+    print(f"head seed {mine.head_seed}, {tr.cfg['seg_lr_schedule']}, stroke share {tr.cfg['stroke_share']}, "
+          f"augmented share {tr.cfg['seg_augment']}: "
           f"{tr.seg_step} steps in "
           f"{(time.monotonic() - t0) / 60:.1f} min", flush=True)
 
