@@ -5,7 +5,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
             [--student-width N] [--seg-lr-schedule constant|cosine] [--stroke-share 0]
-            [--seg-augment 0]
+            [--seg-augment 0.5]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -97,7 +97,7 @@ SEG_LR_RES, SEG_LR_HEAD, SEG_MOMENTUM, SEG_WEIGHT_DECAY = 0.1, 0.01, 0.9, 1e-4  
 SEG_LR_SCHEDULES = ("constant", "cosine")
 SEG_LR_SCHEDULE = "constant"
 STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
-SEG_AUGMENT = 0.0  # of the stage-2 images given stage 1's augmentation before the anomaly
+SEG_AUGMENT = 0.5  # of the stage-2 images given stage 1's augmentation before the anomaly, as stage 1's views
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -577,7 +577,7 @@ def fit(args: argparse.Namespace) -> None:
         if args.stroke_share is None:
             args.stroke_share = c.get("stroke_share", 0.0)  # checkpoints from before strokes drew none
         if args.seg_augment is None:
-            args.seg_augment = c.get("seg_augment", 0.0)  # nor augmented any stage-2 image
+            args.seg_augment = c.get("seg_augment", 0.0)  # checkpoints from before it augmented no stage-2 image
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:
