@@ -164,13 +164,19 @@ def score(argv: list[str]) -> None:
         row = {"snapshot": str(snap), "epoch": ck["epoch"], "seg_step": ck.get("seg_step"),
                "normal_score": round(float(sn.mean()), 4),
                "synthetic_auroc": round(gtrain.auroc(sn, ss), 4), "drift_auroc": round(gtrain.auroc(sn, sd), 4)}
-        for c, imgs in test.items():
-            st = scores(imgs)
-            row[f"test_{c}"] = round(image_auroc(labels, st), 4)
-            row[f"test_{c}_per_class"] = image_auroc_per_class(classes, st)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_class")}), flush=True)
-        out_json.write_text(json.dumps(rows, indent=1) + "\n")
+        record(rows, row, labels, classes, {c: scores(imgs) for c, imgs in test.items()}, out_json)
+
+
+def record(rows: list[dict], row: dict, labels: np.ndarray, classes: np.ndarray,
+           test_scores: dict[str, np.ndarray], out_json: Path) -> None:
+    """Add the test AUROC (overall and per class) of each condition's scores
+    to row, append it, print it and rewrite out_json with every row so far."""
+    for c, st in test_scores.items():
+        row[f"test_{c}"] = round(image_auroc(labels, st), 4)
+        row[f"test_{c}_per_class"] = image_auroc_per_class(classes, st)
+    rows.append(row)
+    print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_class")}), flush=True)
+    out_json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ENSEMBLES.
 
 A one-off reading for models/RESULTS.md, not part of the toolchain.
 """
-import itertools, json, sys
+import itertools, sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402
-from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl.model import GNLConfig, _resize, build_model, l2_normalize  # noqa: E402
 from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess  # noqa: E402
 from gnl.synth import synthesize  # noqa: E402
+from epochs import record  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 SYNTH_SEED, TEST_SEED = 123, 0  # as epochs.py score; TEST_SEED: gnl test's VAND 2.0 draws
 
@@ -84,13 +84,7 @@ def main(ckpt: Path, data: str, out_json: Path, snaps: list[Path]) -> None:
     for members in ensembles:
         sn, ss = scores("normal", members), scores("synth", members)
         row = {"heads": list(members), "synthetic_auroc": round(gtrain.auroc(sn, ss), 4)}
-        for c in ("clean", "vand2"):
-            st = scores(c, members)
-            row[f"test_{c}"] = round(image_auroc(labels, st), 4)
-            row[f"test_{c}_per_class"] = image_auroc_per_class(classes, st)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if not k.endswith("per_class")}), flush=True)
-        out_json.write_text(json.dumps(rows, indent=1) + "\n")
+        record(rows, row, labels, classes, {c: scores(c, members) for c in ("clean", "vand2")}, out_json)
 
 
 if __name__ == "__main__":
