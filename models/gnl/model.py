@@ -221,6 +221,13 @@ class SegmentationNet(nn.Module):
         return self.head(self.res(x))
 
 
+def segmentation_input(teacher: list[Tensor], student: list[Tensor]) -> Tensor:
+    """The segmentation head's input (DeSTSeg): -T^ * S^ per level, resized to
+    the first level's size (stride 4) and concatenated."""
+    size = teacher[0].shape[-2:]
+    return torch.cat([_resize(-l2_normalize(t) * l2_normalize(s), size) for t, s in zip(teacher, student)], dim=1)
+
+
 class Features(NamedTuple):
     """What training needs: per-level teacher and student maps (stride 4, 8, 16)
     and the segmentation logits at stride 4 (None without the head)."""
@@ -265,10 +272,7 @@ class GNL(nn.Module):
         s = self.student(self.bottleneck(t))
         logits = None
         if seg and self.segmentation is not None:
-            size = t[0].shape[-2:]
-            # DeSTSeg: -T^ * S^ per level, resized to stride 4 and concatenated.
-            inp = torch.cat([_resize(-l2_normalize(ti) * l2_normalize(si), size) for ti, si in zip(t, s)], dim=1)
-            logits = self.segmentation(inp)
+            logits = self.segmentation(segmentation_input(t, s))
         return Features(t, s, logits)
 
     @staticmethod

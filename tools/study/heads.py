@@ -10,8 +10,8 @@ mean of its heads' maps, post-processed and scored as gnld does (max of the
 resized, blurred map). CKPT's own head is head "default". Reads image
 AUROC on the test split (clean and VAND 2.0 with `gnl test`'s draws;
 labels: reference only) and the label-free synthetic AUROC on the
-held-back normal images, for every single head and the ensembles listed in
-ENSEMBLES.
+held-back normal images, for every single head, every three of the
+trained heads, all trained heads, and all heads with CKPT's own.
 
 A one-off reading for models/RESULTS.md, not part of the toolchain.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402
-from gnl.model import GNLConfig, _resize, build_model, l2_normalize  # noqa: E402
+from gnl.model import GNLConfig, build_model, segmentation_input  # noqa: E402
 from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess  # noqa: E402
 from gnl.synth import synthesize  # noqa: E402
 from epochs import record  # noqa: E402  (this folder is sys.path[0] when run as a script)
@@ -62,9 +62,7 @@ def main(ckpt: Path, data: str, out_json: Path, snaps: list[Path]) -> None:
             for i in range(0, len(imgs), 16):
                 f = model.features(gtrain.to_batch(imgs[i:i + 16], spec, "cpu"), seg=False)
                 dist.append(model.distance_map(f)[:, 0].numpy())
-                # the head's input as GNL.features builds it (DeSTSeg: -T^ * S^ per level at stride 4)
-                inp = torch.cat([_resize(-l2_normalize(t) * l2_normalize(s), f.teacher[0].shape[-2:])
-                                 for t, s in zip(f.teacher, f.student)], dim=1)
+                inp = segmentation_input(f.teacher, f.student)
                 for h, sd in heads.items():
                     model.segmentation.load_state_dict(sd)
                     per_head[h].append(torch.sigmoid(model.segmentation(inp))[:, 0].numpy())
