@@ -3,9 +3,11 @@
 `--device auto` takes a CUDA GPU when PyTorch sees one, else the CPU.
 `--precision auto` takes bfloat16 autocast where the hardware does it
 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (oneDNN then runs
-bf16 convolutions on them; measured here 1.5-2.7x faster than fp32 for a
-ResNet18 step). Elsewhere bf16 would be emulated and slower, so `auto` keeps
-fp32. Losses are always computed in fp32.
+bf16 convolutions on them: a ResNet18 step ran 1.5-2.7x faster than fp32
+on an AMX Xeon, and GNL's stage-1 step 2.4x faster on a 2-core AMD EPYC
+with AVX512-BF16, to the same metrics: models/RESULTS.md). Elsewhere bf16
+would be emulated and slower, so `auto` keeps fp32. Losses are always
+computed in fp32.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gnl import train
+from gnl.device import autocast
 from gnl.losses import distillation_loss, segmentation_loss
 from gnl.model import GNLConfig, build_model, load_checkpoint
 
@@ -158,16 +159,22 @@ def test_plateau_stops_training(tmp_path: Path) -> None:
     assert all("normal_score" in e for e in info["losses"]["stage1"])
 
 
-def test_cached_teacher_maps_match_a_fresh_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cached_teacher_maps_match_a_fresh_pass(tmp_path: Path, precision: str) -> None:
+    """The cache holds what the step's own teacher pass gives, in the run's
+    precision (bf16 is forced here, so both cases run on every CPU): the
+    cached clean views and the fresh augmented ones are the same kind of
+    target. Only the fp16 storage may differ (bf16 values fit fp16 exactly)."""
     data = _dataset(tmp_path / "data")
-    t = train.Trainer(_args(data, tmp_path / "out"), sorted((data / "train" / "good").iterdir()), "fp", None)
+    args = _args(data, tmp_path / "out", "--precision", precision)
+    t = train.Trainer(args, sorted((data / "train" / "good").iterdir()), "fp", None)
     t._fill_teacher_cache()
     assert t.teacher_cache is not None
-    with torch.no_grad():
+    with torch.no_grad(), autocast(t.device, t.amp):
         fresh = t.model.teacher(train.to_batch(t.images, t.spec))
     for cached, f in zip(t.teacher_cache, fresh):
         assert cached.dtype == torch.float16 and cached.shape == f.shape
-        torch.testing.assert_close(cached.float(), f, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(cached.float(), f.float(), rtol=2e-3, atol=2e-3)
 
 
 def test_seg_lr_factor() -> None:
