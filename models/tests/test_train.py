@@ -164,7 +164,7 @@ def test_cached_teacher_maps_match_a_fresh_pass(tmp_path: Path, precision: str) 
     """The cache holds what the step's own teacher pass gives, in the run's
     precision (bf16 is forced here, so both cases run on every CPU): the
     cached clean views and the fresh augmented ones are the same kind of
-    target. Only the fp16 storage may differ (bf16 values fit fp16 exactly)."""
+    target. Only the cache's fp16 storage may round them (within the tolerance)."""
     data = _dataset(tmp_path / "data")
     args = _args(data, tmp_path / "out", "--precision", precision)
     t = train.Trainer(args, sorted((data / "train" / "good").iterdir()), "fp", None)
