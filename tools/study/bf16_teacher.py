@@ -22,8 +22,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import train_images  # noqa: E402
-from gnl.model import GNLConfig, build_model  # noqa: E402
+from gnl.device import autocast  # noqa: E402
 from gnl.preprocess import InputSpec  # noqa: E402
+from gnl.teacher import build_teacher  # noqa: E402
 
 
 def median_seconds(fn, n: int = 5) -> float:
@@ -38,13 +39,12 @@ def median_seconds(fn, n: int = 5) -> float:
 def main() -> int:
     data, out = sys.argv[1], Path(sys.argv[2])
     torch.manual_seed(0)
-    model = build_model(GNLConfig()).eval()
-    teacher = model.teacher
+    teacher = build_teacher().eval()
     spec = InputSpec(256, 256, mean=tuple(teacher.mean), std=tuple(teacher.std))
     x = gtrain.to_batch(gtrain.load_images(train_images(data)[:16], 256), spec)
 
     def bf16_pass():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), torch.bfloat16):  # as gnl fit --precision bf16
             return teacher(x)
 
     result: dict = {"images": 16, "image_size": 256, "levels": []}
