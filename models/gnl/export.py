@@ -20,6 +20,8 @@ Two parts stay float:
   depthwise convs. Measured on the default bundle through gnld with
   XNNPACK (models/RESULTS.md, "float vs int8 teacher"); on TFLite's builtin
   kernels int8 depthwise is also 4x slower than float;
+- the memory of normal patches (gnl/memory.py), if the model has one: its
+  distances are small differences of large dot products;
 - the map head written directly in `GNL.forward` (rsqrt-normalised cosine,
   sums, resizes, sigmoid): quantizing it trips the converter's same-scale
   constraint on `tfl.reshape`, and float keeps the map's fine differences.
@@ -55,6 +57,15 @@ MAP_MEANING = (
     "sum over 3 teacher levels of 1-cos(teacher, student) + segmentation probability, "
     "at stride 4; higher = more anomalous"
 )
+MEMORY_MEANING = " + weighted distance of the teacher's patches to a memory of normal ones"
+
+
+def map_meaning(config: dict[str, Any]) -> str:
+    """model.json's output.meaning for a checkpoint's config."""
+    if not config.get("memory_size"):
+        return MAP_MEANING
+    head, tail = MAP_MEANING.split(", at stride 4")
+    return head + MEMORY_MEANING + ", at stride 4" + tail
 
 
 class NHWC(nn.Module):
@@ -69,7 +80,7 @@ class NHWC(nn.Module):
 
 
 # Submodules of the model that stay float in an int8 export (see module doc).
-FLOAT_MODULES: tuple[str, ...] = ("teacher",)
+FLOAT_MODULES: tuple[str, ...] = ("teacher", "memory")
 
 
 def _quantized(node: torch.fx.Node, float_modules: tuple[str, ...]) -> bool:
@@ -221,7 +232,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
         },
         "output": {
             "name": "anomaly_map", "width": out_w, "height": out_h, "dtype": out_dtype,
-            "quantization": out_quant, "meaning": MAP_MEANING,
+            "quantization": out_quant, "meaning": map_meaning(config),
         },
         "postprocess": {"resize": "linear", "blur_sigma": preprocess.BLUR_SIGMA, "score": "max"},
         "threshold": threshold_info,
@@ -301,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     load = lambda p: json.loads(p.read_text()) if p else None  # noqa: E731
     out = export_bundle(args.checkpoint, args.out, calib, load(args.threshold_json),
                         load(args.metrics_json), quantize=not args.float, threshold_images=held,
-                        float_modules=() if args.int8_teacher else FLOAT_MODULES)
+                        float_modules=tuple(m for m in FLOAT_MODULES if m != "teacher") if args.int8_teacher else FLOAT_MODULES)
     meta = json.loads((out / "model.json").read_text())
     print(f"{out}: {meta['quantization']} {(out / 'model.tflite').stat().st_size} bytes, "
           f"threshold {meta['threshold']['value']:.4f}")

@@ -4,11 +4,13 @@
           -> bottleneck (RD4AD OCBE: MFF + OCE) -> embedding at stride 32
           -> student decoder -> S3, S2, S1 (same channels and strides as T)
     map   = sum_l up(1 - cos(T_l, S_l)) [+ sigmoid(segmentation(-T^ * S^))]
+            [+ w * up(nearest-neighbour distance of (T2, T3) to a memory)]
 
 References: Deng & Li, "Anomaly Detection via Reverse Distillation from
 One-Class Embedding" (RD4AD, CVPR 2022: bottleneck, student decoder, cosine
 map); Zhang et al., "DeSTSeg" (CVPR 2023, apple/ml-destseg model/destseg.py:
-segmentation head on the negated product of normalised features, ASPP).
+segmentation head on the negated product of normalised features, ASPP);
+the optional memory of normal patches is gnl/memory.py (PatchCore-style).
 `method="rd4ad"` is the same network without the segmentation head.
 
 Export constraints (TFLite, see ../BUNDLE.md): cosine similarity uses an
@@ -28,6 +30,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gnl.memory import Memory
 
 METHODS: tuple[str, ...] = ("gnl", "rd4ad")
 EPS = 1e-8
@@ -52,6 +56,9 @@ class GNLConfig:
     # checkpoints from before the option load as they were trained; `gnl fit`
     # picks `default_student_width(backbone)`.
     student_width: int = 1
+    # Descriptors in the memory of normal patches (gnl/memory.py); 0: none,
+    # which is how checkpoints from before the option load.
+    memory_size: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +67,8 @@ class GNLConfig:
             raise ValueError(f"image_size must be a multiple of 32 (the bottleneck's stride), got {self.image_size}")
         if not 1 <= self.student_width <= 8:
             raise ValueError(f"student_width must be 1..8 (a multiple of RD4AD's inner width), got {self.student_width}")
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0 (0: no memory), got {self.memory_size}")
 
     @property
     def seg_head(self) -> bool:
@@ -255,6 +264,7 @@ class GNL(nn.Module):
         self.bottleneck = OneClassBottleneck(channels, embed, blocks)
         self.student = StudentDecoder(embed, channels, blocks, config.student_width)
         self.segmentation = SegmentationNet(sum(channels), config.seg_width) if config.seg_head else None
+        self.memory = Memory(config.memory_size, channels[1] + channels[2]) if config.memory_size else None
 
     def train(self, mode: bool = True) -> GNL:
         """Switch modes but keep the teacher in eval (its BatchNorm stays frozen)."""
@@ -289,16 +299,22 @@ class GNL(nn.Module):
         amap = self.distance_map(f)
         if f.seg_logits is not None:
             amap = amap + torch.sigmoid(f.seg_logits)
+        if self.memory is not None:
+            amap = amap + _resize(self.memory(f.teacher[1], f.teacher[2]), amap.shape[-2:])
         return amap
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """state_dict without the teacher, which `build_model` rebuilds."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
-    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load a `trainable_state_dict`; any other missing or extra key is an error."""
+    def load_trainable_state_dict(self, state: dict[str, Tensor], without_memory: bool = False) -> None:
+        """Load a `trainable_state_dict`; any other missing or extra key is an
+        error. `without_memory` loads all but the memory (which `gnl fit` then
+        builds), ignoring a memory the state may hold."""
+        if without_memory:
+            state = {k: v for k, v in state.items() if not k.startswith("memory.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
+        missing = [k for k in missing if not k.startswith("teacher.") and not (without_memory and k.startswith("memory."))]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

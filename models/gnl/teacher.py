@@ -529,6 +529,7 @@ def _features(teacher: Teacher, paths: Sequence[Path], size: int, batch: int = 1
     aggregation, Roth et al., CVPR 2022) so a descriptor sees its neighbours.
     """
     from gnl.data import load_image
+    from gnl.memory import descriptors
     from gnl.preprocess import InputSpec, to_tensor
 
     spec = InputSpec(width=size, height=size, mean=teacher.mean, std=teacher.std)
@@ -545,11 +546,7 @@ def _features(teacher: Teacher, paths: Sequence[Path], size: int, batch: int = 1
             masks.append(valid.flatten(1))
             x = torch.from_numpy(np.stack([to_tensor(im, spec) for im in imgs]))
             _, f8, f16 = teacher(x)
-            f8 = F.avg_pool2d(f8, 3, 1, 1)
-            f16 = F.interpolate(F.avg_pool2d(f16, 3, 1, 1), size=f8.shape[-2:],
-                                mode="bilinear", align_corners=False)
-            f = torch.cat([f8, f16], 1)
-            out.append(f.flatten(2).transpose(1, 2))
+            out.append(descriptors(f8, f16).flatten(2).transpose(1, 2))
     return torch.cat(out), torch.cat(masks)
 
 

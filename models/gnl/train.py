@@ -5,7 +5,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
             [--student-width N] [--seg-lr-schedule constant|cosine] [--stroke-share 0]
-            [--seg-augment 0.5]
+            [--seg-augment 0.5] [--memory 32768]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -25,6 +25,11 @@ the synthetic anomalies thin curved strokes instead of Perlin blobs (synth.py).
 `--seg-augment P` passes that share of the head's images through stage 1's
 augmentation (augment.py) before an anomaly is drawn on them, so that the
 head also sees drifted normal surfaces labelled normal.
+After both stages, `--memory N` keeps N of the frozen teacher's patch
+descriptors of the training images, clean and augmented, as a memory whose
+nearest-neighbour distance map is added to the map (gnl/memory.py: the
+trained student holds less of a line's normal variety than its teacher's
+features show; `--memory 0` leaves it out).
 
 Stage 1 runs until it converges: after every epoch the mean stage-1 loss
 and the mean image score of the held-back normal images (distance map only)
@@ -68,6 +73,8 @@ from gnl.augment import FILL, augment
 from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
+from gnl.memory import VIEWS as MEMORY_VIEWS
+from gnl.memory import balance_weight, descriptors
 from gnl.model import GNL, METHODS, GNLConfig, build_model, default_student_width
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
@@ -86,6 +93,7 @@ MIN_IMAGES = 4  # two to train on, two held back
 CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
 HOLDOUT_STREAM = 3  # which images are held back
+MEMORY_STREAM = 4  # the memory's augmented views and its random subset
 LR, BETAS = 0.005, (0.5, 0.999)  # RD4AD's Adam
 EPOCHS = 200  # an upper bound: the plateau rule stops training first
 PATIENCE = 4  # epochs without a 1% improvement of loss and normal scores
@@ -98,6 +106,7 @@ SEG_LR_SCHEDULES = ("constant", "cosine")
 SEG_LR_SCHEDULE = "constant"
 STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
 SEG_AUGMENT = 0.5  # of the stage-2 images given stage 1's augmentation before the anomaly, as stage 1's views
+MEMORY = 32768  # descriptors in the memory of normal patches (gnl/memory.py); 0: none
 EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
@@ -156,6 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seg-augment", type=_share, default=None,
       help=f"share of the segmentation head's images given stage 1's augmentation (light, noise, rotation) "
            f"before a synthetic anomaly is drawn on them (default: {SEG_AUGMENT}; with --resume, the checkpoint's)")
+    a("--memory", type=_int_at_least(0), default=None,
+      help=f"descriptors in the memory of normal patches added to the map (gnl/memory.py); 0: none "
+           f"(default: {MEMORY}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -206,11 +218,12 @@ def to_batch(images: Sequence[np.ndarray], spec: InputSpec,
 
 
 def image_scores(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, batch: int,
-                 distance_only: bool = False) -> np.ndarray:
+                 distance_only: bool = False, memory_only: bool = False) -> np.ndarray:
     """Image scores as deployed: max of the resized, blurred map (BUNDLE.md).
 
-    `distance_only` leaves the segmentation head out (stage 1 has not trained
-    it yet). Runs on the model's device, in fp32.
+    `distance_only` scores the distance map alone (stage 1 has not trained
+    the segmentation head yet, nor built the memory); `memory_only` the
+    memory's weighted map alone. Runs on the model's device, in fp32.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -218,9 +231,33 @@ def image_scores(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, batc
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = to_batch(images[i:i + batch], spec, device)
-            out = model.distance_map(model.features(x, seg=False)) if distance_only else model(x)
+            if memory_only:
+                t = model.teacher(x)
+                out = model.memory(t[1], t[2])  # type: ignore[misc]
+            elif distance_only:
+                out = model.distance_map(model.features(x, seg=False))
+            else:
+                out = model(x)
             scores += [postprocess(m, spec, BLUR_SIGMA)[1] for m in out[:, 0].float().cpu().numpy()]
     return np.array(scores)
+
+
+def memory_candidates(images: int, image_size: int) -> int:
+    """Descriptors the memory picks from: each training image, clean and in
+    MEMORY_VIEWS augmented views, at stride 8."""
+    return images * (1 + MEMORY_VIEWS) * (image_size // 8) ** 2
+
+
+def memory_size(asked: int | None, images: int, image_size: int) -> int:
+    """`--memory`, checked against the candidates; the default (None) takes
+    MEMORY or all candidates if there are fewer."""
+    have = memory_candidates(images, image_size)
+    if asked is None:
+        return min(MEMORY, have)
+    if asked > have:
+        raise FitError(f"--memory {asked}: {images} training images at {image_size} px give {have} candidate "
+                       f"descriptors; use --memory {have} or less (0: no memory)")
+    return asked
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -304,9 +341,11 @@ class Trainer:
         # run of N epochs equals a run of k epochs resumed to N (stage 1).
         self.rng = np.random.default_rng(args.seed)
         self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
+        self.train_paths, self.held_paths = split_holdout(paths, args.seed)
         try:
             model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size,
                                   student_width=args.student_width or default_student_width(args.backbone),
+                                  memory_size=memory_size(args.memory, len(self.train_paths), args.image_size),
                                   teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
@@ -319,11 +358,12 @@ class Trainer:
                               mean=tuple(self.model.teacher.mean), std=tuple(self.model.teacher.std))
         self.cfg = _config(args, self.spec, model_cfg, paths, data_fp)
         self.opt_distill, self.opt_seg = _optimizers(self.model, self.cfg)
-        self.train_paths, self.held_paths = split_holdout(paths, args.seed)
         self.history: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage2": [], "runs": []}
         self.epoch, self.seg_step = 0, 0
         if prev is not None:
-            self.model.load_trainable_state_dict(prev["state_dict"])
+            # A memory of another size than the checkpoint's is built afresh (build_memory).
+            rebuild = prev["config"].get("memory_size", 0) != model_cfg.memory_size
+            self.model.load_trainable_state_dict(prev["state_dict"], without_memory=rebuild)
             self.opt_distill.load_state_dict(prev["optimizer"]["distill"])
             if self.opt_seg is not None:
                 self.opt_seg.load_state_dict(prev["optimizer"]["seg"])
@@ -503,6 +543,47 @@ class Trainer:
             sums[k] = 0.0
         self.save()
 
+    def build_memory(self) -> None:
+        """Fill the memory of normal patches (gnl/memory.py) after training.
+
+        Candidates: the teacher's descriptors of every training image, clean
+        and in MEMORY_VIEWS augmented views (stage 1's augmentation); a seeded
+        random `memory_size` of them is kept. Its weight balances its image
+        scores against the trained map's on the held-back normal images.
+        Skipped when there is no memory or it is built already (--resume).
+        """
+        mem = self.model.memory
+        if mem is None or float(mem.weight) > 0:
+            return
+        t0 = time.monotonic()
+        rng = np.random.default_rng([self.args.seed, MEMORY_STREAM])
+        per_image = memory_candidates(1, self.args.image_size)
+        total = len(self.images) * per_image
+        keep = np.sort(rng.permutation(total)[:mem.bank.shape[0]])
+        rows: list[torch.Tensor] = []
+        self.model.eval()
+        with torch.no_grad():
+            for i in tqdm(range(0, len(self.images), CACHE_BATCH), desc="memory", disable=None, leave=False):
+                batch = self.images[i:i + CACHE_BATCH]
+                views = [v for im in batch for v in (im, *(augment(im, rng, self.args.rotation_fill)
+                                                         for _ in range(MEMORY_VIEWS)))]
+                t = self.model.teacher(to_batch(views, self.spec, self.device))
+                d = descriptors(t[1].float(), t[2].float()).flatten(2).transpose(1, 2).flatten(0, 1)
+                lo = i * per_image
+                sel = keep[(keep >= lo) & (keep < lo + len(d))] - lo
+                rows.append(d[torch.from_numpy(sel).to(d.device)])
+        mem.set_bank(torch.cat(rows))
+        main = image_scores(self.model, self.held_images, self.spec, self.args.batch)  # weight 0: the GNL map
+        mem.weight.fill_(1.0)
+        with_memory = image_scores(self.model, self.held_images, self.spec, self.args.batch, memory_only=True)
+        try:
+            mem.weight.fill_(balance_weight(main, with_memory))
+        except ValueError as e:
+            raise FitError(f"memory: {e}; train without it (--memory 0)") from e
+        self.run_record.update({"memory_seconds": round(time.monotonic() - t0, 1),
+                                "memory_weight": float(mem.weight)})
+        self.save()
+
     def calibrate(self) -> dict[str, Any]:
         """Scores of the held-back normal images, clean and with a synthetic
         anomaly (seeded apart from training): threshold and AUROC."""
@@ -578,6 +659,8 @@ def fit(args: argparse.Namespace) -> None:
             args.stroke_share = c.get("stroke_share", 0.0)  # checkpoints from before strokes drew none
         if args.seg_augment is None:
             args.seg_augment = c.get("seg_augment", 0.0)  # checkpoints from before it augmented no stage-2 image
+        if args.memory is None:
+            args.memory = c.get("memory_size", 0)  # checkpoints from before the memory had none
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:
@@ -585,6 +668,7 @@ def fit(args: argparse.Namespace) -> None:
               file=sys.stderr)
     trainer.stage1()
     trainer.stage2()
+    trainer.build_memory()
     calibration = trainer.calibrate()
     trainer.write_summary()
     threshold = calibration["threshold"]

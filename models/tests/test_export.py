@@ -169,3 +169,41 @@ def test_resnet_v2_gnl_exports_a_bundle_that_runs(tmp_path, calib) -> None:
             ref = model(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
         got = runner.raw_map(bgr)
         assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15 * max(float(np.abs(ref).max()), 1.0)
+
+
+def test_memory_stays_float_and_matches_torch(tmp_path, calib) -> None:
+    """A GNL with a memory (more than one chunk of it) exports to an int8
+    bundle whose map is PyTorch's within int8 error, the bank kept float, and
+    model.json says the map holds the memory's distances."""
+    from gnl.memory import CHUNK, descriptors
+    from gnl.model import GNLConfig, build_model
+
+    torch.manual_seed(0)
+    size = CHUNK + 64
+    model = build_model(GNLConfig(image_size=64, memory_size=size)).eval()
+    spec = preprocess.InputSpec(64, 64, mean=model.teacher.mean, std=model.teacher.std)
+    x = torch.from_numpy(np.stack([preprocess.to_tensor(preprocess.read_bgr(p), spec) for p in calib]))
+    with torch.no_grad():
+        t = model.teacher(x)
+        d = descriptors(t[1], t[2]).flatten(2).transpose(1, 2).flatten(0, 1)
+    bank = d[torch.randint(len(d), (size,))] + 0.05 * torch.randn(size, d.shape[1])
+    model.memory.set_bank(bank)
+    model.memory.weight.fill_(0.5)
+    out = export_model(model, tmp_path, calib[:2], {**CONFIG, "backbone": "efficientnet-lite0", "memory_size": size})
+    meta = json.loads((out / "model.json").read_text())
+    assert "memory of normal" in meta["output"]["meaning"] and meta["quantization"] == "int8-static-mixed"
+    from ai_edge_litert.interpreter import Interpreter
+
+    shapes = [tuple(t["shape"]) for t in Interpreter(model_path=str(out / "model.tflite")).get_tensor_details()
+              if t["dtype"] == np.float32]
+    assert (CHUNK, 1, 1, d.shape[1]) in shapes and (64, 1, 1, d.shape[1]) in shapes  # the bank, float
+    runner = Runner(out)
+    for p in calib:
+        bgr = preprocess.read_bgr(p)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
+            mem = (0.5 * model.memory.distance(*model.teacher(
+                torch.from_numpy(preprocess.to_tensor(bgr, spec))[None])[1:])).numpy()
+        got = runner.raw_map(bgr)
+        assert float(mem.max()) > 0.1  # the memory adds to the map
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15

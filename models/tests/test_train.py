@@ -240,3 +240,49 @@ def test_seg_augment_augments_the_heads_images(tmp_path: Path) -> None:
     augmented, mask, _ = batch("--seg-augment", "1")
     assert not any(im.tobytes() in unchanged for im in augmented)
     assert set(np.unique(mask)) <= {0.0, 1.0} and mask.shape == plain_mask.shape
+
+
+def test_fit_builds_the_memory_from_training_images_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default memory takes every candidate on a tiny data set (4 images x
+    2 views x 8x8 locations < train.MEMORY); its rows are the teacher's
+    descriptors of training images, never of the held-back ones."""
+    from gnl.memory import descriptors
+
+    data, out = _dataset(tmp_path / "data"), tmp_path / "out"
+    assert train.run(_args(data, out)) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    bank, weight = ckpt["state_dict"]["memory.bank"], float(ckpt["state_dict"]["memory.weight"])
+    assert ckpt["config"]["memory_size"] == train.memory_candidates(4, 64) == 512 == len(bank)
+    assert weight > 0 and json.loads((out / "train.json").read_text())["runs"][-1]["memory_weight"] == weight
+    model = load_checkpoint(out / "checkpoint.pt")
+    paths = sorted((data / "train" / "good").iterdir())
+    held = {p.name for p in paths if p.name in set(ckpt["held_out"])}
+
+    def nearest_in_bank(names: set[str]) -> torch.Tensor:
+        """Distance of each clean descriptor of these images to the nearest bank row."""
+        imgs = [cv2.imread(str(p)) for p in paths if p.name in names]
+        with torch.no_grad():
+            t = model.teacher(train.to_batch(imgs, train.InputSpec(64, 64, mean=model.teacher.mean,
+                                                                   std=model.teacher.std)))
+        d = descriptors(t[1], t[2]).flatten(2).transpose(1, 2).flatten(0, 1)
+        return torch.cdist(d.double(), bank.double()).min(1).values
+
+    assert len(held) == 2
+    assert float(nearest_in_bank({p.name for p in paths} - held).max()) < 1e-3  # every clean training descriptor
+    assert float(nearest_in_bank(held).min()) > 1e-2  # none of the held-back images'
+
+    # No memory: none in the checkpoint. Too big a memory: a clear error.
+    assert train.run(_args(data, tmp_path / "none", "--memory", "0")) == 0
+    assert not any(k.startswith("memory.") for k in
+                   torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)["state_dict"])
+    capsys.readouterr()
+    assert train.run(_args(data, tmp_path / "big", "--memory", "513")) == 2
+    err = capsys.readouterr().err
+    assert "--memory 513" in err and "use --memory 512 or less" in err
+
+    # Resuming a checkpoint without a memory, asking for one, adds it and leaves the rest.
+    before = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert train.run(_args(data, tmp_path / "none", "--resume", "--memory", "100")) == 0
+    after = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)
+    assert after["config"]["memory_size"] == 100 and float(after["state_dict"]["memory.weight"]) > 0
+    assert all(torch.equal(before[k], after["state_dict"][k]) for k in before)

@@ -1,0 +1,51 @@
+"""gnl.memory: the nearest-neighbour map is the brute-force one, and a fit builds it from normal images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gnl.memory import CHUNK, Memory, balance_weight, descriptors
+
+
+def _brute_force(mem: Memory, t8: torch.Tensor, t16: torch.Tensor) -> torch.Tensor:
+    q = descriptors(t8, t16)
+    b, c, h, w = q.shape
+    d = torch.cdist(q.permute(0, 2, 3, 1).reshape(-1, c).double(), mem.bank.double()).min(1).values
+    return d.reshape(b, 1, h, w).float()
+
+
+def test_distance_is_the_nearest_bank_descriptor_across_chunks() -> None:
+    torch.manual_seed(0)
+    t8, t16 = torch.randn(2, 5, 8, 8), torch.randn(2, 7, 4, 4)
+    mem = Memory(CHUNK + 300, 12)  # two chunks, the second partial
+    mem.set_bank(torch.randn(CHUNK + 300, 12))
+    with torch.no_grad():
+        got = mem.distance(t8, t16)
+    assert got.shape == (2, 1, 8, 8)
+    assert torch.allclose(got, _brute_force(mem, t8, t16), atol=1e-4)
+    # A query that is in the bank is at distance 0; in the second chunk too.
+    q = descriptors(t8, t16)[0, :, 3, 5]
+    mem.bank[CHUNK + 7] = q
+    with torch.no_grad():
+        assert float(mem.distance(t8, t16)[0, 0, 3, 5]) < 1e-2
+
+
+def test_forward_is_weighted_and_a_zero_weight_adds_nothing() -> None:
+    torch.manual_seed(1)
+    t8, t16 = torch.randn(1, 5, 8, 8), torch.randn(1, 7, 4, 4)
+    mem = Memory(64, 12)
+    mem.set_bank(torch.randn(64, 12))
+    with torch.no_grad():
+        assert float(mem(t8, t16).abs().max()) == 0.0
+        mem.weight.fill_(0.5)
+        assert torch.allclose(mem(t8, t16), 0.5 * mem.distance(t8, t16))
+
+
+def test_bank_shape_and_weight_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="bank shape"):
+        Memory(8, 4).set_bank(torch.zeros(9, 4))
+    with pytest.raises(ValueError, match="do not vary"):
+        balance_weight(np.array([1.0, 2.0]), np.array([3.0, 3.0]))
+    assert balance_weight(np.array([1.0, 3.0]), np.array([0.0, 4.0])) == pytest.approx(0.5)
