@@ -56,6 +56,9 @@ type Meta struct {
 	Quantization  string      `json:"quantization"`
 	// Metrics are free-form evaluation results, e.g. {"int8": {"image_auroc": 0.98}}.
 	Metrics map[string]map[string]any `json:"metrics"`
+	// Memory is set when the map holds a memory of normal patches
+	// (`gnl fit --memory`, BUNDLE.md); nil for bundles without one.
+	Memory *Memory `json:"memory,omitempty"`
 }
 
 // Input says how a BGR frame becomes the input tensor (BUNDLE.md, steps 1-5).
@@ -79,6 +82,13 @@ type Output struct {
 	DType        string       `json:"dtype"`
 	Quantization Quantization `json:"quantization"`
 	Meaning      string       `json:"meaning"`
+}
+
+// Memory of normal patches inside the model: its size in descriptors and
+// the weight its distance map is added with.
+type Memory struct {
+	Size   int     `json:"size"`
+	Weight float64 `json:"weight"`
 }
 
 // Quantization of an integer tensor: real = (q - ZeroPoint) * Scale; Scale 0 for float.

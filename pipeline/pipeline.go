@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"log/slog"
 	"math"
 	"time"
 
@@ -66,7 +67,18 @@ type Pipeline struct {
 // New makes a pipeline for bundle b. It checks that the model's tensors
 // match model.json (sizes, types, input quantization), because the lookup
 // tables and the post-processing are built from model.json.
+//
+// A bundle with a memory of normal patches runs on XNNPACK when the GPU
+// delegate is asked for, with one warning: on Mesa's rusticl the GPU
+// delegate's maps of such a bundle are half their range off the CPU's
+// (runtime.TestGPUParity), and a wrong map is a wrong verdict.
 func New(b *models.Bundle, opt runtime.Options) (*Pipeline, error) {
+	if d, err := runtime.ParseDelegate(opt.Delegate); err == nil && d == runtime.GPU && b.Meta.Memory != nil {
+		slog.Warn("delegate not applied, running on "+runtime.XNNPACK+" instead", "model", b.ModelPath, "delegate", d,
+			"err", "the bundle has a memory of normal patches, whose maps TFLite's GPU delegate does not reproduce; "+
+				"gnld runs it on the CPU (XNNPACK)")
+		opt.Delegate = runtime.XNNPACK
+	}
 	ip, err := runtime.New(b.ModelPath, opt)
 	if err != nil {
 		return nil, err

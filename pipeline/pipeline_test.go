@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"image"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -116,5 +117,34 @@ func TestProcessAllocs(t *testing.T) {
 		if allocs != 0 {
 			t.Errorf("%s: %.1f allocations per Process, want 0", dir, allocs)
 		}
+	}
+}
+
+// A bundle with a memory of normal patches asked to run on the GPU delegate
+// runs on XNNPACK instead, and says why in one warning; a bundle without one
+// still gets the GPU delegate's usual fallback chain.
+func TestMemoryBundleAvoidsGPU(t *testing.T) {
+	b, err := models.Load("../models/testdata/tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Meta.Memory = &models.Memory{Size: 4096, Weight: 0.05}
+	var logs bytes.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	defer slog.SetDefault(prev)
+	p, err := New(b, runtime.Options{Threads: 1, Delegate: runtime.GPU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Delegate() != runtime.XNNPACK {
+		t.Errorf("delegate %q, want %q", p.Delegate(), runtime.XNNPACK)
+	}
+	if out := logs.String(); strings.Count(out, "memory of normal patches") != 1 || !strings.Contains(out, "level=WARN") {
+		t.Errorf("want one warning naming the memory, got %q", out)
+	}
+	if got := newTiny(t, "../models/testdata/tiny").Meta().Memory; got != nil {
+		t.Errorf("tiny bundle without a memory reads as %+v", got)
 	}
 }

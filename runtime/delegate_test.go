@@ -44,6 +44,11 @@ const (
 type testBundle struct {
 	dir  string
 	int8 bool // quantized operators inside (int8 or mixed)
+	// memory: the map holds a memory of normal patches; gnld's pipeline runs
+	// such a bundle on XNNPACK when asked for the GPU delegate, because on
+	// rusticl the GPU delegate's maps of the default one were 0.50 of their
+	// range off the builtin kernels' (in fp16 and in fp32 alike).
+	memory bool
 }
 
 // testBundles are the committed bundles: the default one and the tiny
@@ -55,7 +60,7 @@ func testBundles(t testing.TB) []testBundle {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, testBundle{dir: dir, int8: b.Meta.Quantization != "float32"})
+		out = append(out, testBundle{dir: dir, int8: b.Meta.Quantization != "float32", memory: b.Meta.Memory != nil})
 	}
 	return out
 }
@@ -240,6 +245,9 @@ func TestGPUParity(t *testing.T) {
 	images := mtdImages(t, 1)
 	for _, b := range testBundles(t) {
 		t.Run(filepath.Base(b.dir), func(t *testing.T) {
+			if b.memory {
+				t.Skip("a bundle with a memory of normal patches: gnld does not run it on the GPU delegate (pipeline.TestMemoryBundleAvoidsGPU)")
+			}
 			ref, _ := runMaps(t, b, Builtin, 2, images)
 			got, ip := runMaps(t, b, GPU, 2, images)
 			p := ip.Placement()

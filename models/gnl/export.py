@@ -175,6 +175,14 @@ def _image_scores(model_path: Path, spec: preprocess.InputSpec, paths: list[Path
     return [runner.predict(preprocess.read_bgr(p))[1] for p in paths]
 
 
+def _memory_json(model: nn.Module) -> dict[str, Any]:
+    """model.json's "memory" (size, weight) for a model with a memory of normal patches, else nothing."""
+    memory = getattr(model, "memory", None)
+    if memory is None:
+        return {}
+    return {"memory": {"size": int(memory.bank.shape[0]), "weight": float(memory.weight)}}
+
+
 def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path], config: dict[str, Any],
                  threshold_info: dict | None = None, metrics: dict | None = None,
                  quantize: bool = True, size: tuple[int, int] | None = None,
@@ -234,6 +242,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
             "name": "anomaly_map", "width": out_w, "height": out_h, "dtype": out_dtype,
             "quantization": out_quant, "meaning": map_meaning(config),
         },
+        **_memory_json(model),
         "postprocess": {"resize": "linear", "blur_sigma": preprocess.BLUR_SIGMA, "score": "max"},
         "threshold": threshold_info,
         "training": {

@@ -61,15 +61,28 @@ class Memory(nn.Module):
         self.bank.copy_(bank)
 
     def distance(self, t8: Tensor, t16: Tensor) -> Tensor:
-        """[B, 1, H/8, W/8] L2 distance of each location to its nearest bank descriptor (unweighted)."""
-        q = descriptors(t8, t16)
+        """[B, 1, H/8, W/8] L2 distance of each location to its nearest bank descriptor (unweighted).
+
+        Queries and bank are first centred on the bank's mean and divided by
+        its RMS spread (both constants of the graph), so that the dot
+        products are of order 1: in fp16 (the GPU delegate) raw descriptors
+        overflow and |q|^2 - 2 q.b + |b|^2 loses every digit.
+        """
+        center = self.bank.mean(0)
+        spread = torch.sqrt(((self.bank - center) ** 2).sum(1).mean()).clamp_min(1e-12)
+        q = (descriptors(t8, t16) - center[None, :, None, None]) / spread
+        bank = (self.bank - center) / spread
+        b_, _, h, w = q.shape
         best = None
-        for i in range(0, self.bank.shape[0], CHUNK):
-            b = self.bank[i:i + CHUNK]
+        for i in range(0, bank.shape[0], CHUNK):
+            b = bank[i:i + CHUNK]
             score = F.conv2d(q, 2 * b[:, :, None, None], -(b * b).sum(1))  # 2 q.b - |b|^2
-            m = score.amax(dim=1, keepdim=True)
+            # The max over the chunk as a max pool over a [H*W, chunk] plane:
+            # XNNPACK runs MAX_POOL_2D, TFLite 2.14's has no REDUCE_MAX.
+            plane = score.permute(0, 2, 3, 1).reshape(b_, 1, h * w, b.shape[0])
+            m = F.max_pool2d(plane, (1, b.shape[0])).reshape(b_, 1, h, w)
             best = m if best is None else torch.maximum(best, m)
-        return torch.sqrt(torch.relu((q * q).sum(dim=1, keepdim=True) - best))  # type: ignore[operator]
+        return spread * torch.sqrt(torch.relu((q * q).sum(dim=1, keepdim=True) - best))  # type: ignore[operator]
 
     def forward(self, t8: Tensor, t16: Tensor) -> Tensor:
         return self.weight * self.distance(t8, t16)

@@ -192,6 +192,7 @@ def test_memory_stays_float_and_matches_torch(tmp_path, calib) -> None:
     out = export_model(model, tmp_path, calib[:2], {**CONFIG, "backbone": "efficientnet-lite0", "memory_size": size})
     meta = json.loads((out / "model.json").read_text())
     assert "memory of normal" in meta["output"]["meaning"] and meta["quantization"] == "int8-static-mixed"
+    assert meta["memory"] == {"size": size, "weight": 0.5}
     from ai_edge_litert.interpreter import Interpreter
 
     shapes = [tuple(t["shape"]) for t in Interpreter(model_path=str(out / "model.tflite")).get_tensor_details()

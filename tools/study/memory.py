@@ -19,6 +19,11 @@ study asks three things the kNN readings in RESULTS.md leave open:
 The bank is built from the checkpoint's own training images (train/good less
 its held-back ones), so the held-back images stay unseen by both.
 Writes OUT_DIR/scores.npz (every image score) and OUT_DIR/memory.json.
+`--views V` adds V augmented views of each bank image (stage 1's
+augmentation) to the candidates; `--no-gnl` reuses the trained model's
+scores from OUT_DIR/scores.npz. What it found, and the memory `gnl fit`
+builds from it (gnl/memory.py): models/RESULTS.md, "A memory of normal
+patches".
 """
 import argparse
 import json
