@@ -57,15 +57,11 @@ MAP_MEANING = (
     "sum over 3 teacher levels of 1-cos(teacher, student) + segmentation probability, "
     "at stride 4; higher = more anomalous"
 )
-MEMORY_MEANING = " + weighted distance of the teacher's patches to a memory of normal ones"
-
-
-def map_meaning(config: dict[str, Any]) -> str:
-    """model.json's output.meaning for a checkpoint's config."""
-    if not config.get("memory_size"):
-        return MAP_MEANING
-    head, tail = MAP_MEANING.split(", at stride 4")
-    return head + MEMORY_MEANING + ", at stride 4" + tail
+MAP_MEANING_MEMORY = (
+    "sum over 3 teacher levels of 1-cos(teacher, student) + segmentation probability "
+    "+ weighted distance of the teacher's patches to a memory of normal ones, "
+    "at stride 4; higher = more anomalous"
+)
 
 
 class NHWC(nn.Module):
@@ -240,7 +236,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
         },
         "output": {
             "name": "anomaly_map", "width": out_w, "height": out_h, "dtype": out_dtype,
-            "quantization": out_quant, "meaning": map_meaning(config),
+            "quantization": out_quant, "meaning": MAP_MEANING_MEMORY if config.get("memory_size") else MAP_MEANING,
         },
         **_memory_json(model),
         "postprocess": {"resize": "linear", "blur_sigma": preprocess.BLUR_SIGMA, "score": "max"},

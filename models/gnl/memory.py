@@ -25,8 +25,6 @@ small difference of large terms.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -86,16 +84,6 @@ class Memory(nn.Module):
 
     def forward(self, t8: Tensor, t16: Tensor) -> Tensor:
         return self.weight * self.distance(t8, t16)
-
-
-def sample_bank(candidates: Sequence[Tensor], size: int, seed: int) -> Tensor:
-    """A seeded random `size` of all rows of `candidates` ([n_i, C] each)."""
-    pool = torch.cat(list(candidates))
-    if len(pool) < size:
-        raise ValueError(f"{len(pool)} candidate descriptors for a memory of {size}; use a smaller --memory "
-                         "or more training images")
-    idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(pool))[:size])
-    return pool[idx].float().contiguous()
 
 
 def balance_weight(main_scores: np.ndarray, memory_scores: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""gnl.memory: the nearest-neighbour map is the brute-force one, and a fit builds it from normal images."""
+"""gnl.memory: the nearest-neighbour map is the brute-force one (the fit that builds it: test_train.py)."""
 
 from __future__ import annotations
 

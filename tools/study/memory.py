@@ -39,18 +39,9 @@ from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import load_model, score_condition  # noqa: E402
 from gnl.memory import descriptors  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
-from gnl.teacher import EFFNET, _features, build_teacher  # noqa: E402
+from gnl.teacher import EFFNET, _features, build_teacher, nearest_distance  # noqa: E402
 
 PROJ_DIM = 128  # PatchCore's random projection for the coreset's distances
-
-
-def nearest(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distance of each row of q [n, C] to its nearest bank row,
-    as a 1x1 convolution (oneDNN on every core; Debian's torch mm is
-    single-threaded reference BLAS)."""
-    dots = torch.nn.functional.conv2d(q.T[None, :, :, None], bank[:, :, None, None])[0, :, :, 0]
-    d2 = bank_sq[:, None] - 2 * dots  # [m, n], less |q|^2
-    return (d2.min(0).values + (q * q).sum(1)).clamp_min(0)
 
 
 def coreset(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -74,12 +65,11 @@ def coreset(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def knn_scores(teacher, paths, bank: torch.Tensor, batch: int = 16) -> np.ndarray:
     """Image score: max over locations of the distance to the nearest bank descriptor."""
-    bank_sq = (bank * bank).sum(1)
     out = []
     for i in range(0, len(paths), batch):
         f, _ = _features(teacher, paths[i:i + batch], 256)
         with torch.no_grad():
-            out += [float(nearest(q, bank, bank_sq).max().sqrt()) for q in f]
+            out += [float(nearest_distance(q, bank).max()) for q in f]
     return np.asarray(out)
 
 
