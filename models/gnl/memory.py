@@ -6,10 +6,11 @@ the teacher's own nearest-neighbour distances score higher than the trained
 map). The memory keeps that variety as data instead: descriptors of the
 teacher's stride-8 and stride-16 levels (each 3x3 average-pooled, the coarser
 one resized onto the finer grid and concatenated: PatchCore, Roth et al.,
-CVPR 2022) of the training images, clean and through stage 1's augmentation
-(augment.py), so that light, noise and rotation seen in training are normal
-to it as they are to the student. A seeded random subset of `size` of them is
-kept.
+CVPR 2022) of the training images, clean and in VIEWS views through stage
+1's augmentation (augment.py), so that light, noise and rotation seen in
+training are normal to it as they are to the student. Of these candidates, `size` are kept by greedy k-centre
+selection (`coreset`, as PatchCore), which keeps the rare kinds of normal
+patch (a tile's edge, a rotation's black corner) that a random pick drops.
 
 Its map is each location's distance to the nearest kept descriptor, scaled
 by `weight` and added to the GNL map at stride 4. `weight` is set from the
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 CHUNK = 4096  # bank descriptors per 1x1 convolution: [1, 32, 32, 4096] float = 16 MB at 256 px
 VIEWS = 1  # augmented views of each training image added to the candidates
@@ -84,6 +86,58 @@ class Memory(nn.Module):
 
     def forward(self, t8: Tensor, t16: Tensor) -> Tensor:
         return self.weight * self.distance(t8, t16)
+
+
+def coreset(x: Tensor, size: int, rng: np.random.Generator, batch: int = 256, pool: int = 4096) -> Tensor:
+    """Indices of `size` rows of x [n, C] picked by greedy k-centre
+    (PatchCore's coreset, Sener & Savarese, ICLR 2018): start from a random
+    row, then always take the row farthest from all rows taken so far.
+
+    A random pick keeps the common patches and drops the rare ones (a tile's
+    edge, a rotation's black corner); the greedy pick covers every kind of
+    normal patch with the same radius.
+
+    Exact greedy needs a pass over all n rows per pick. This takes up to
+    `batch` picks per pass and still makes exactly the greedy choice: the
+    `pool` rows farthest from the taken set are updated among themselves
+    after each pick, and a pick is made only while it is farther than the
+    (pool+1)-th row, which no pick can make farther. The pass over all rows
+    is one 1x1 convolution (oneDNN, every core) on x laid out channels-last,
+    which is x's own memory: min_j |x - p_j|^2 = |x|^2 + min_j (|p_j|^2 - 2 x.p_j).
+    """
+    n = x.shape[0]
+    if not 0 < size <= n:
+        raise ValueError(f"coreset of {size} from {n} rows")
+    x = x.float().contiguous()
+    norms = (x * x).sum(1)
+    plane = x[None, None].permute(0, 3, 1, 2)  # [1, C, 1, n], channels-last: no copy
+
+    def nearest_of(rows: list[int]) -> Tensor:  # [n]: squared distance of every row to the nearest of `rows`
+        p = x[rows]
+        d = F.conv2d(plane, -2 * p[:, :, None, None], norms[rows])  # [1, len(rows), 1, n]
+        return (norms + d[0, :, 0].amin(0)).clamp_min(0)
+
+    taken = [int(rng.integers(n))]
+    nearest = nearest_of(taken)
+    progress = tqdm(total=size, initial=1, desc="coreset", disable=None, leave=False)
+    while len(taken) < size:
+        k = min(pool + 1, n)
+        top, idx = torch.topk(nearest, k)
+        bar = float(top[-1]) if k > pool else -1.0  # no row outside the pool is farther than this
+        cand, cand_d = idx[:pool], top[:pool].clone()
+        c, cn = x[cand], norms[cand]
+        picks: list[int] = []
+        while len(picks) < batch and len(taken) + len(picks) < size:
+            j = int(torch.argmax(cand_d))
+            if picks and float(cand_d[j]) < bar:
+                break
+            picks.append(int(cand[j]))
+            cand_d = torch.minimum(cand_d, (cn + cn[j] - 2 * (c @ c[j])).clamp_min(0))
+        taken += picks
+        progress.update(len(picks))
+        nearest = torch.minimum(nearest, nearest_of(picks))
+    progress.close()
+    return torch.tensor(taken)
 
 
 def balance_weight(main_scores: np.ndarray, memory_scores: np.ndarray) -> float:

@@ -26,7 +26,8 @@ the synthetic anomalies thin curved strokes instead of Perlin blobs (synth.py).
 augmentation (augment.py) before an anomaly is drawn on them, so that the
 head also sees drifted normal surfaces labelled normal.
 After both stages, `--memory N` keeps N of the frozen teacher's patch
-descriptors of the training images, clean and augmented, as a memory whose
+descriptors of the training images, clean and in augmented views (greedy
+k-centre selection, as PatchCore), as a memory whose
 nearest-neighbour distance map is added to the map (gnl/memory.py: the
 trained student holds less of a line's normal variety than its teacher's
 features show; `--memory 0` leaves it out).
@@ -74,7 +75,7 @@ from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precisio
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
 from gnl.memory import VIEWS as MEMORY_VIEWS
-from gnl.memory import balance_weight, descriptors
+from gnl.memory import balance_weight, coreset, descriptors
 from gnl.model import GNL, METHODS, GNLConfig, build_model, default_student_width
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
@@ -93,7 +94,7 @@ MIN_IMAGES = 4  # two to train on, two held back
 CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
 HOLDOUT_STREAM = 3  # which images are held back
-MEMORY_STREAM = 4  # the memory's augmented views and its random subset
+MEMORY_STREAM = 4  # the memory's augmented views and the coreset's first pick
 LR, BETAS = 0.005, (0.5, 0.999)  # RD4AD's Adam
 EPOCHS = 200  # an upper bound: the plateau rule stops training first
 PATIENCE = 4  # epochs without a 1% improvement of loss and normal scores
@@ -547,8 +548,9 @@ class Trainer:
         """Fill the memory of normal patches (gnl/memory.py) after training.
 
         Candidates: the teacher's descriptors of every training image, clean
-        and in MEMORY_VIEWS augmented views (stage 1's augmentation); a seeded
-        random `memory_size` of them is kept. Its weight balances its image
+        and in MEMORY_VIEWS augmented views (stage 1's augmentation); `memory_size`
+        of them are kept by greedy k-centre selection from a seeded first
+        pick (memory.coreset). Its weight balances its image
         scores against the trained map's on the held-back normal images.
         Skipped when there is no memory or it is built already (--resume).
         """
@@ -557,9 +559,6 @@ class Trainer:
             return
         t0 = time.monotonic()
         rng = np.random.default_rng([self.args.seed, MEMORY_STREAM])
-        per_image = memory_candidates(1, self.args.image_size)
-        total = len(self.images) * per_image
-        keep = np.sort(rng.permutation(total)[:mem.bank.shape[0]])
         rows: list[torch.Tensor] = []
         self.model.eval()
         with torch.no_grad():
@@ -568,11 +567,14 @@ class Trainer:
                 views = [v for im in batch for v in (im, *(augment(im, rng, self.args.rotation_fill)
                                                          for _ in range(MEMORY_VIEWS)))]
                 t = self.model.teacher(to_batch(views, self.spec, self.device))
-                d = descriptors(t[1].float(), t[2].float()).flatten(2).transpose(1, 2).flatten(0, 1)
-                lo = i * per_image
-                sel = keep[(keep >= lo) & (keep < lo + len(d))] - lo
-                rows.append(d[torch.from_numpy(sel).to(d.device)])
-        mem.set_bank(torch.cat(rows))
+                rows.append(descriptors(t[1].float(), t[2].float()).flatten(2).transpose(1, 2).flatten(0, 1))
+            candidates = torch.cat(rows)
+            del rows
+            t1 = time.monotonic()
+            keep = coreset(candidates, mem.bank.shape[0], rng)
+            self.run_record["coreset_seconds"] = round(time.monotonic() - t1, 1)
+        mem.set_bank(candidates[keep])
+        del candidates
         main = image_scores(self.model, self.held_images, self.spec, self.args.batch)  # weight 0: the GNL map
         mem.weight.fill_(1.0)
         with_memory = image_scores(self.model, self.held_images, self.spec, self.args.batch, memory_only=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnl.memory import CHUNK, Memory, balance_weight, descriptors
+from gnl.memory import CHUNK, Memory, balance_weight, coreset, descriptors
 
 
 def _brute_force(mem: Memory, t8: torch.Tensor, t16: torch.Tensor) -> torch.Tensor:
@@ -49,3 +49,29 @@ def test_bank_shape_and_weight_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="do not vary"):
         balance_weight(np.array([1.0, 2.0]), np.array([3.0, 3.0]))
     assert balance_weight(np.array([1.0, 3.0]), np.array([0.0, 4.0])) == pytest.approx(0.5)
+
+
+def test_coreset_is_the_exact_greedy_k_centre() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(1500, 16) * torch.rand(1500, 1) * 3
+    got = coreset(x, 120, np.random.default_rng(5), batch=16, pool=32).tolist()
+    rng = np.random.default_rng(5)  # the same first row
+    want = [int(rng.integers(len(x)))]
+    nearest = ((x - x[want[0]]) ** 2).sum(1)
+    while len(want) < 120:
+        j = int(torch.argmax(nearest))
+        want.append(j)
+        nearest = torch.minimum(nearest, ((x - x[j]) ** 2).sum(1))
+    assert got == want
+
+
+def test_coreset_keeps_a_rare_kind_of_patch_a_random_pick_drops() -> None:
+    torch.manual_seed(3)
+    common = torch.randn(5000, 8)
+    rare = torch.randn(5, 8) * 0.1 + 20.0  # 0.1% of the rows, far from the rest
+    x = torch.cat([common, rare])
+    got = coreset(x, 50, np.random.default_rng(0))
+    assert len(set(got.tolist())) == 50
+    assert (got >= 5000).any()
+    with pytest.raises(ValueError, match="coreset of 0"):
+        coreset(x, 0, np.random.default_rng(0))
