@@ -10,8 +10,9 @@ study asks three things the kNN readings in RESULTS.md leave open:
 
 1. how it does under VAND 2.0 (the same draws as `gnl test`: VAND2_DATA is
    the folder `gnl test --dump` / `make eval` writes);
-2. whether a greedy coreset (PatchCore's k-center selection, on a random
-   128-d projection) holds as much with fewer descriptors as a random pick;
+2. whether a greedy coreset (PatchCore's k-center selection, the one `gnl
+   fit` uses: gnl.memory.coreset) holds as much with fewer descriptors as a
+   random pick;
 3. whether it adds to the trained GNL map of CHECKPOINT: the two image
    scores, each standardised on the checkpoint's held-back normal images
    (never on test labels), summed.
@@ -37,31 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import load_model, score_condition  # noqa: E402
-from gnl.memory import descriptors  # noqa: E402
+from gnl.memory import coreset, descriptors  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl.teacher import EFFNET, _features, build_teacher, nearest_distance  # noqa: E402
-
-PROJ_DIM = 128  # PatchCore's random projection for the coreset's distances
-
-
-def coreset(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Greedy k-center indices (Sener & Savarese; PatchCore): each pick is the
-    descriptor farthest from those already picked, on a random projection."""
-    rng = np.random.default_rng(seed)
-    proj = rng.standard_normal((feats.shape[1], PROJ_DIM)).astype(np.float32) / np.sqrt(PROJ_DIM)
-    x = feats @ proj
-    sq = (x * x).sum(1)
-    picked = [int(rng.integers(len(x)))]
-    d = sq + sq[picked[0]] - 2 * x @ x[picked[0]]
-    t0 = time.time()
-    for i in range(1, n):
-        j = int(d.argmax())
-        picked.append(j)
-        d = np.minimum(d, sq + sq[j] - 2 * x @ x[j])
-        if i % 2048 == 0:
-            print(f"  coreset {i}/{n} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    return np.asarray(picked)
-
 
 def knn_scores(teacher, paths, bank: torch.Tensor, batch: int = 16) -> np.ndarray:
     """Image score: max over locations of the distance to the nearest bank descriptor."""
@@ -157,7 +136,7 @@ def main() -> int:
             g = torch.Generator().manual_seed(a.seed)
             idx = torch.randperm(len(feats), generator=g)[:n].numpy()
         else:
-            idx = coreset(feats.numpy(), n, a.seed)
+            idx = coreset(feats, n, np.random.default_rng(a.seed)).numpy()  # what gnl fit keeps
         bank = feats[torch.from_numpy(idx)].contiguous()
         t_sel = time.time() - t0
         name = f"knn-{sel}-{n}" + (f"-aug{a.views}" if a.views else "")
