@@ -30,7 +30,8 @@ from gnl.train import image_scores  # noqa: E402
 
 def rotate(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = im.shape[:2]
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), float(rng.uniform(-perturb.ROTATE_DEG, perturb.ROTATE_DEG)), 1.0)
+    angle = float(rng.uniform(-perturb.ROTATE_DEG, perturb.ROTATE_DEG))
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
     return cv2.warpAffine(np.ascontiguousarray(im), m, (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
