@@ -8,9 +8,10 @@ teacher's stride-8 and stride-16 levels (each 3x3 average-pooled, the coarser
 one resized onto the finer grid and concatenated: PatchCore, Roth et al.,
 CVPR 2022) of the training images, clean and in VIEWS views through stage
 1's augmentation (augment.py), so that light, noise and rotation seen in
-training are normal to it as they are to the student. Of these candidates, `size` are kept by greedy k-centre
-selection (`coreset`, as PatchCore), which keeps the rare kinds of normal
-patch (a tile's edge, a rotation's black corner) that a random pick drops.
+training are normal to it as they are to the student. Of these candidates,
+`size` are kept by greedy k-centre selection (`coreset`, as PatchCore),
+which keeps the rare kinds of normal patch (a tile's edge, a rotation's
+black corner) that a random pick drops.
 
 Its map is each location's distance to the nearest kept descriptor, scaled
 by `weight` and added to the GNL map at stride 4. `weight` is set from the
@@ -104,6 +105,8 @@ def coreset(x: Tensor, size: int, rng: np.random.Generator, batch: int = 256, po
     (pool+1)-th row, which no pick can make farther. The pass over all rows
     is one 1x1 convolution (oneDNN, every core) on x laid out channels-last,
     which is x's own memory: min_j |x - p_j|^2 = |x|^2 + min_j (|p_j|^2 - 2 x.p_j).
+    A taken row is marked -1, so that no row is taken twice, even when
+    rounding leaves it a tiny distance to itself and many rows are equal.
     """
     n = x.shape[0]
     if not 0 < size <= n:
@@ -119,6 +122,7 @@ def coreset(x: Tensor, size: int, rng: np.random.Generator, batch: int = 256, po
 
     taken = [int(rng.integers(n))]
     nearest = nearest_of(taken)
+    nearest[taken] = -1.0
     progress = tqdm(total=size, initial=1, desc="coreset", disable=None, leave=False)
     while len(taken) < size:
         k = min(pool + 1, n)
@@ -133,9 +137,11 @@ def coreset(x: Tensor, size: int, rng: np.random.Generator, batch: int = 256, po
                 break
             picks.append(int(cand[j]))
             cand_d = torch.minimum(cand_d, (cn + cn[j] - 2 * (c @ c[j])).clamp_min(0))
+            cand_d[j] = -1.0
         taken += picks
         progress.update(len(picks))
         nearest = torch.minimum(nearest, nearest_of(picks))
+        nearest[picks] = -1.0
     progress.close()
     return torch.tensor(taken)
 

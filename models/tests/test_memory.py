@@ -73,5 +73,8 @@ def test_coreset_keeps_a_rare_kind_of_patch_a_random_pick_drops() -> None:
     got = coreset(x, 50, np.random.default_rng(0))
     assert len(set(got.tolist())) == 50
     assert (got >= 5000).any()
+    # Equal rows (a rotation's black corners give many): every row once, none twice.
+    same = torch.cat([torch.zeros(40, 8), torch.ones(3, 8)])
+    assert sorted(coreset(same, 43, np.random.default_rng(1), batch=8, pool=4).tolist()) == list(range(43))
     with pytest.raises(ValueError, match="coreset of 0"):
         coreset(x, 0, np.random.default_rng(0))
