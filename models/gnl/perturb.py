@@ -91,6 +91,15 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
 
 
+def rotate(x: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """`x` rotated by `angle` degrees about its centre, same size, corners black
+    (torchvision's RandomRotation: expand=False, fill=0)."""
+    h, w = x.shape[:2]
+    rot = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    return cv2.warpAffine(np.ascontiguousarray(x), rot, (w, h), flags=interpolation,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def vand2(bgr: np.ndarray, mask: np.ndarray,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One VAND 2.0 perturbation of (image, mask), drawn from `rng`."""
@@ -100,12 +109,7 @@ def vand2(bgr: np.ndarray, mask: np.ndarray,
     if rng.random() < FLIP_P:
         img, m = img[::-1], m[::-1]
     angle = float(rng.uniform(-ROTATE_DEG, ROTATE_DEG))
-    h, w = m.shape
-    rot = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
-    img = cv2.warpAffine(np.ascontiguousarray(img), rot, (w, h), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    m = cv2.warpAffine(np.ascontiguousarray(m), rot, (w, h), flags=cv2.INTER_NEAREST,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    img, m = rotate(img, angle), rotate(m, angle, cv2.INTER_NEAREST)
     img = _jitter(img, rng)
     sigma = float(rng.uniform(*BLUR_SIGMA))
     img = cv2.GaussianBlur(img, (BLUR_KSIZE, BLUR_KSIZE), sigma)

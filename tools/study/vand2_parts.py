@@ -28,19 +28,11 @@ from gnl.preprocess import InputSpec, read_bgr  # noqa: E402
 from gnl.train import image_scores  # noqa: E402
 
 
-def rotate(im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h, w = im.shape[:2]
-    angle = float(rng.uniform(-perturb.ROTATE_DEG, perturb.ROTATE_DEG))
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
-    return cv2.warpAffine(np.ascontiguousarray(im), m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
 PARTS = {
     "clean": lambda im, rng: im,
     "hflip": lambda im, rng: np.ascontiguousarray(im[:, ::-1]),
     "vflip": lambda im, rng: np.ascontiguousarray(im[::-1]),
-    "rotate": rotate,
+    "rotate": lambda im, rng: perturb.rotate(im, float(rng.uniform(-perturb.ROTATE_DEG, perturb.ROTATE_DEG))),
     "jitter": lambda im, rng: perturb._jitter(im, rng),
     "blur": lambda im, rng: cv2.GaussianBlur(im, (perturb.BLUR_KSIZE, perturb.BLUR_KSIZE),
                                              float(rng.uniform(*perturb.BLUR_SIGMA))),
