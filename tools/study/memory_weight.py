@@ -86,8 +86,8 @@ def main() -> int:
         for s in SCALES:
             sc = np.array(scores[s])
             good = sc[classes == "good"]
-            per = {c: round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones((classes == c).sum())],
-                                              np.r_[good, sc[classes == c]]), 1)
+            per = {str(c): round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones((classes == c).sum())],
+                                                   np.r_[good, sc[classes == c]]), 1)
                    for c in sorted(set(classes)) if c != "good"}
             print(f"{cond:5s} scale {s:<6g} weight {s * w0:.4f} image AUROC {100 * image_auroc(labels, sc):.2f} {per}",
                   flush=True)
