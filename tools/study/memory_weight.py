@@ -21,7 +21,8 @@ normal images only:
   whether they could choose the weight.
 
 Writes DIR/memory_weight.json (DIR: the checkpoint's folder) with every
-score. What it found: models/RESULTS.md, "The memory's weight".
+score. What it found: models/RESULTS.md, "The memory's weight, a larger
+memory, turned views and rotation TTA".
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def main() -> int:
         g, m = branches(model, spec, read_bgr(p))
         ga, gs = postprocess(g, spec, BLUR_SIGMA)
         ma, ms = postprocess(m, spec, BLUR_SIGMA)
-        hg.append(gs), hm.append(ms), pg.append(ga), pm.append(ma)
+        hg.append(gs)
+        hm.append(ms)
+        pg.append(ga)
+        pm.append(ma)
     hg, hm = np.array(hg), np.array(hm)
     pixel_scale = float(np.std(pg) / np.std(pm) / w0)
     print(f"held-back images {len(held)}: image-score spread ratio {hg.std() / hm.std():.4f} "
@@ -116,7 +120,8 @@ def main() -> int:
     sg, sm = [], []
     for p in held:
         g, m = branches(model, spec, synthesize(read_bgr(p), crng, stroke)[0])
-        sg.append(postprocess(g, spec, BLUR_SIGMA)[1]), sm.append(postprocess(m, spec, BLUR_SIGMA)[1])
+        sg.append(postprocess(g, spec, BLUR_SIGMA)[1])
+        sm.append(postprocess(m, spec, BLUR_SIGMA)[1])
     y = np.r_[np.zeros(len(held)), np.ones(len(held))]
     synth = {s: round(100 * image_auroc(y, np.r_[hg + s * w0 * hm, np.array(sg) + s * w0 * np.array(sm)]), 2)
              for s in SCALES}

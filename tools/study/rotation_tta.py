@@ -11,7 +11,7 @@ minimum asks "is it anomalous however it is turned?": a normal part seen at
 a new angle should look normal in one of the turned copies, a defect in all.
 The cost on a device is one invoke per angle. Writes DIR/rotation_tta.json
 (DIR: the checkpoint's folder). What it found: models/RESULTS.md, "The
-memory's weight".
+memory's weight, a larger memory, turned views and rotation TTA".
 """
 
 from __future__ import annotations
