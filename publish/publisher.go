@@ -653,9 +653,14 @@ type Result struct {
 	// ThresholdSource says where Threshold comes from: "bundle"
 	// (model.json), "calibration" (gnlctl calibrate) or "config"
 	// (GNLD_CAMERA_<NAME>_THRESHOLD).
-	ThresholdSource string  `json:"threshold_source"`
-	Verdict         string  `json:"verdict"` // "anomalous" or "normal"
-	LatencyMS       Latency `json:"latency_ms"`
+	ThresholdSource string `json:"threshold_source"`
+	Verdict         string `json:"verdict"` // "anomalous" or "normal"
+	// Drift is the camera's drift state when the frame was scored: "ok",
+	// or "warning" when recent frames no longer look like the training
+	// images, so that the verdict cannot be trusted (README, "Drift
+	// warnings"); absent when the drift monitor is off.
+	Drift     string  `json:"drift,omitempty"`
+	LatencyMS Latency `json:"latency_ms"`
 	// Trigger mode only: the trigger's part id, and its other fields as
 	// sent.
 	PartID  string                     `json:"part_id,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,8 +15,10 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"gocv.io/x/gocv"
 
 	"gnld/internal/testbroker"
+	"gnld/publish"
 )
 
 // chromium finds Debian's chromium. The build root installs it
@@ -184,10 +187,12 @@ func TestPageInBrowser(t *testing.T) {
 	})
 }
 
-// A bundle without drift.json runs, with the monitor off, said once.
+// A bundle without drift.json runs, with the monitor off, said once; its
+// results carry no drift state.
 func TestDriftOffWithoutDriftJSON(t *testing.T) {
 	dir, _ := mtdSamples(t, 2, "good")
 	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
 	err, log := runGnld(t, context.Background(), baseEnv(t, b.URL(), map[string]string{
 		"GNLD_CAMERAS": "a=dir:" + dir + ",b=dir:" + dir, "GNLD_LOG_LEVEL": "info",
 	}))
@@ -197,6 +202,74 @@ func TestDriftOffWithoutDriftJSON(t *testing.T) {
 	if n := strings.Count(log, "drift monitor off: the bundle has no drift.json"); n != 1 {
 		t.Errorf("%d lines say the drift monitor is off, want 1:\n%s", n, log)
 	}
+	sub.WaitFor(t, 10*time.Second, "4 results", func([]testbroker.Msg) bool {
+		return len(results(t, sub, "a"))+len(results(t, sub, "b")) >= 4
+	})
+	for _, m := range sub.On("/result") {
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(m.Payload, &raw); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := raw["drift"]; ok {
+			t.Errorf("a result with the drift monitor off carries a drift state: %s", m.Payload)
+		}
+	}
+}
+
+// Every result carries its camera's drift state, so that a PLC acting on
+// `verdict` can tell when not to trust it: "ok" over clean MTD tiles, then
+// "warning" once defocused copies of them (Gaussian blur, sigma 6) have
+// filled the drift window, with the warning in the log.
+func TestResultsCarryTheDriftState(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the default bundle on 24 frames; skipped with -short")
+	}
+	dir, files := mtdSamples(t, 8, "good")
+	for i, f := range files { // two defocused copies of each, named to come after the clean tiles
+		img := gocv.IMRead(filepath.Join(dir, f), gocv.IMReadColor)
+		blurred := gocv.NewMat()
+		gocv.GaussianBlur(img, &blurred, image.Pt(0, 0), 6, 6, gocv.BorderReflect101)
+		for k := range 2 {
+			if !gocv.IMWrite(filepath.Join(dir, fmt.Sprintf("50-blurred-%02d-%d.jpg", i, k)), blurred) {
+				t.Fatal("could not write a blurred frame")
+			}
+		}
+		img.Close()
+		blurred.Close()
+	}
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	err, log := runGnld(t, context.Background(), baseEnv(t, b.URL(), map[string]string{
+		"GNLD_CAMERAS": "line1=dir:" + dir, "GNLD_MODEL_DIR": defaultBundle,
+		"GNLD_DRIFT_WINDOW": "4", "GNLD_DRIFT_EVERY": "1", "GNLD_LOG_LEVEL": "info",
+	}))
+	if err != nil {
+		t.Fatalf("gnld: %v\n%s", err, log)
+	}
+	var got []publish.Result
+	sub.WaitFor(t, 10*time.Second, "24 results", func([]testbroker.Msg) bool {
+		got = results(t, sub, "line1")
+		return len(got) >= 3*len(files)
+	})
+	firstWarning := uint64(0)
+	for _, r := range got {
+		switch {
+		case r.Drift != "ok" && r.Drift != "warning":
+			t.Errorf("result %d: drift %q, want ok or warning", r.Sequence, r.Drift)
+		case r.Sequence <= uint64(len(files)) && r.Drift != "ok":
+			t.Errorf("result %d (a clean tile): drift %q, want ok", r.Sequence, r.Drift)
+		case r.Drift == "warning" && (firstWarning == 0 || r.Sequence < firstWarning):
+			firstWarning = r.Sequence
+		}
+	}
+	last := got[len(got)-1]
+	if last.Drift != "warning" {
+		t.Errorf("the last result (%d, defocused) has drift %q, want warning", last.Sequence, last.Drift)
+	}
+	if !strings.Contains(log, "drift warning") {
+		t.Errorf("no drift warning in the log:\n%s", log)
+	}
+	t.Logf("first result with drift warning: %d of %d (the defocused tiles start at %d)", firstWarning, len(got), len(files)+1)
 }
 
 // getQuiet is GET url's status, 0 when nothing answers yet.

@@ -464,6 +464,9 @@ func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
 			Total: ms(total),
 		},
 	}
+	if s.drift != nil {
+		r.Drift = s.drift.Status().State // from the frames before this one (observe, below)
+	}
 	if t != nil {
 		r.PartID, r.Trigger, r.LatencyMS.Trigger = t.partID, t.fields, ms(time.Since(t.at))
 	}
