@@ -36,10 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples  # noqa: E402
-from gnl.evaluate import perturbed  # noqa: E402
+from gnl.evaluate import load_model, perturbed  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402
-from gnl.model import _resize, load_checkpoint  # noqa: E402
-from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, read_bgr, to_tensor  # noqa: E402
+from gnl.model import _resize  # noqa: E402
+from gnl.preprocess import BLUR_SIGMA, postprocess, read_bgr, to_tensor  # noqa: E402
 from gnl.synth import synthesize  # noqa: E402
 from gnl.train import CALIB_STREAM  # noqa: E402
 
@@ -63,14 +63,13 @@ def main() -> int:
         return 2
     ckpt = Path(sys.argv[1])
     data = Path(sys.argv[2] if len(sys.argv) == 3 else "../shared/data/mtd")
-    model = load_checkpoint(ckpt).eval()
+    loaded = load_model(ckpt)
+    model, spec = loaded.scorer.model, loaded.scorer.spec
     if model.memory is None:
         print(f"{ckpt}: no memory; build one with gnl fit --memory", file=sys.stderr)
         return 2
-    size = model.config.image_size
-    spec = InputSpec(width=size, height=size, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
     w0 = float(model.memory.weight)
-    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)  # for the seed and stroke share of its config
     held_names = set(json.loads((ckpt.parent / "calibration.json").read_text())["held_out"])
     held = [p for p in sorted((data / "train" / "good").iterdir()) if p.name in held_names]
     samples = test_samples(data)

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402
-from gnl.model import load_checkpoint  # noqa: E402
 from gnl.perturb import rotate  # noqa: E402
-from gnl.preprocess import BLUR_SIGMA, InputSpec, postprocess, to_tensor  # noqa: E402
+from gnl.preprocess import BLUR_SIGMA, postprocess, to_tensor  # noqa: E402
 
 
 def main() -> int:
@@ -41,9 +40,8 @@ def main() -> int:
     if 0.0 not in angles:
         angles.append(0.0)
     data = Path(sys.argv[3] if len(sys.argv) > 3 else "../shared/data/mtd")
-    model = load_checkpoint(ckpt).eval()
-    size = model.config.image_size
-    spec = InputSpec(width=size, height=size, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
+    loaded = load_model(ckpt)
+    model, spec = loaded.scorer.model, loaded.scorer.spec
     samples = test_samples(data)
     labels = [int(s.anomalous) for s in samples]
     record: dict = {"checkpoint": str(ckpt), "angles": angles}

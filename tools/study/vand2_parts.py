@@ -19,12 +19,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl import perturb  # noqa: E402
-from gnl.model import load_checkpoint  # noqa: E402
-from gnl.preprocess import InputSpec, read_bgr  # noqa: E402
+from gnl.evaluate import load_model  # noqa: E402
+from gnl.preprocess import read_bgr  # noqa: E402
 from gnl.train import image_scores  # noqa: E402
 
 
@@ -46,10 +45,9 @@ def main() -> int:
         return 2
     ckpt = sys.argv[1]
     data = Path(sys.argv[2] if len(sys.argv) == 3 else "../shared/data/mtd")
-    model = load_checkpoint(ckpt).eval()
-    size = model.config.image_size
-    spec = InputSpec(size, size, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
-    threshold = float(torch.load(ckpt, weights_only=False)["calibration"]["threshold"])
+    loaded = load_model(ckpt)
+    model, spec, threshold = loaded.scorer.model, loaded.scorer.spec, loaded.threshold
+    size = spec.width
     raw = [read_bgr(p) for p in sorted((data / "test" / "good").iterdir())]
     for name, part in PARTS.items():
         rng = np.random.default_rng(0)
