@@ -227,6 +227,9 @@ func TestResultsCarryTheDriftState(t *testing.T) {
 	dir, files := mtdSamples(t, 8, "good")
 	for i, f := range files { // two defocused copies of each, named to come after the clean tiles
 		img := gocv.IMRead(filepath.Join(dir, f), gocv.IMReadColor)
+		if img.Empty() {
+			t.Fatalf("could not read %s", f)
+		}
 		blurred := gocv.NewMat()
 		gocv.GaussianBlur(img, &blurred, image.Pt(0, 0), 6, 6, gocv.BorderReflect101)
 		for k := range 2 {
