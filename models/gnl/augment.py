@@ -21,6 +21,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from gnl.perturb import rotate
+
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 FILL = 0  # rotation fill: black, as torchvision's RandomRotation (see module doc)
 AUGMIX_WIDTH = 3
@@ -63,11 +65,7 @@ def sharpness(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def rotation(x: np.ndarray, rng: np.random.Generator, fill: int = FILL) -> np.ndarray:
     """Rotate about the centre by 90k + U(-30, 30) degrees; corners filled with `fill`."""
-    h, w = x.shape[:2]
-    angle = 90.0 * int(rng.integers(4)) + rng.uniform(-30.0, 30.0)
-    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    return cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 3)
+    return rotate(x, 90.0 * int(rng.integers(4)) + rng.uniform(-30.0, 30.0), fill=fill)
 
 
 AUGMIX_OPS: tuple[Op, ...] = (brightness, contrast, noise, colour, sharpness)

@@ -91,13 +91,14 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
 
 
-def rotate(x: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """`x` rotated by `angle` degrees about its centre, same size, corners black
-    (torchvision's RandomRotation: expand=False, fill=0)."""
+def rotate(x: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINEAR, fill: float = 0) -> np.ndarray:
+    """`x` rotated by `angle` degrees about its centre, same size, corners
+    `fill`: black by default (torchvision's RandomRotation: expand=False,
+    fill=0). Training's rotation (augment.rotation) turns images with it too."""
     h, w = x.shape[:2]
     rot = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
     return cv2.warpAffine(np.ascontiguousarray(x), rot, (w, h), flags=interpolation,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
 
 
 def vand2(bgr: np.ndarray, mask: np.ndarray,
