@@ -57,21 +57,30 @@ def branches(model, spec, bgr):
     return (full - mem)[0, 0].numpy(), mem[0, 0].numpy() / w
 
 
+def with_memory(ckpt: Path, data: Path):
+    """(model, spec, held-back normal image paths) of a checkpoint with a
+    memory; None, said on stderr, for one without."""
+    loaded = load_model(ckpt)
+    model, spec = loaded.scorer.model, loaded.scorer.spec
+    if model.memory is None:
+        print(f"{ckpt}: no memory; build one with gnl fit --memory", file=sys.stderr)
+        return None
+    held_names = set(json.loads((ckpt.parent / "calibration.json").read_text())["held_out"])
+    return model, spec, [p for p in sorted((data / "train" / "good").iterdir()) if p.name in held_names]
+
+
 def main() -> int:
     if len(sys.argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
     ckpt = Path(sys.argv[1])
     data = Path(sys.argv[2] if len(sys.argv) == 3 else "../shared/data/mtd")
-    loaded = load_model(ckpt)
-    model, spec = loaded.scorer.model, loaded.scorer.spec
-    if model.memory is None:
-        print(f"{ckpt}: no memory; build one with gnl fit --memory", file=sys.stderr)
+    found = with_memory(ckpt, data)
+    if found is None:
         return 2
+    model, spec, held = found
     w0 = float(model.memory.weight)
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)  # for the seed and stroke share of its config
-    held_names = set(json.loads((ckpt.parent / "calibration.json").read_text())["held_out"])
-    held = [p for p in sorted((data / "train" / "good").iterdir()) if p.name in held_names]
     samples = test_samples(data)
     labels = np.array([int(s.anomalous) for s in samples])
     classes = np.array([s.label for s in samples])

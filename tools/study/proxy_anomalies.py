@@ -40,10 +40,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_weight import SCALES, branches  # noqa: E402
+from memory_weight import SCALES, branches, with_memory  # noqa: E402
 
 from gnl import synth  # noqa: E402
-from gnl.evaluate import load_model  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402
 from gnl.preprocess import BLUR_SIGMA, postprocess, read_bgr  # noqa: E402
 
@@ -106,14 +105,11 @@ def main() -> int:
     ckpt = Path(sys.argv[1])
     draws = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     data = Path(sys.argv[3] if len(sys.argv) > 3 else "../shared/data/mtd")
-    loaded = load_model(ckpt)
-    model, spec = loaded.scorer.model, loaded.scorer.spec
-    if model.memory is None:
-        print(f"{ckpt}: no memory; build one with gnl fit --memory", file=sys.stderr)
+    found = with_memory(ckpt, data)
+    if found is None:
         return 2
+    model, spec, held = found
     w0 = float(model.memory.weight)
-    held_names = set(json.loads((ckpt.parent / "calibration.json").read_text())["held_out"])
-    held = [p for p in sorted((data / "train" / "good").iterdir()) if p.name in held_names]
 
     def scores(images) -> tuple[np.ndarray, np.ndarray]:
         """Image scores of the trained map and of the memory's unweighted map."""
