@@ -11,6 +11,10 @@ study makes other anomalies on the held-back images, kinds the head did not
 train on or not in that form, and prints their AUROC (held-back images
 against their anomalous copies) at each weight scale of memory_weight.py.
 If one kind peaked at a heavy weight, a normal-only rule could use it.
+An image's score here is the sum of the two branches' image scores (the
+trained map's plus the scaled weight times the memory's), as
+memory_weight.py's synthetic check; the deployed map, and memory_weight.py's
+sweep over the test set, add the two maps before the max instead.
 
 Kinds (DRAWS anomalous copies of each held-back image, default 2; one
 seeded stream, [0, 77], restarted per kind):
