@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import test_samples  # noqa: E402
-from gnl.evaluate import perturbed  # noqa: E402
+from gnl.evaluate import load_model, perturbed  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402
 from gnl.perturb import rotate  # noqa: E402
 from gnl.preprocess import BLUR_SIGMA, postprocess, to_tensor  # noqa: E402
