@@ -294,11 +294,16 @@ class GNL(nn.Module):
             amap = amap + _resize(cosine_distance(t, s), size)
         return amap
 
-    def forward(self, x: Tensor) -> Tensor:
-        f = self.features(x)
+    def trained_map(self, f: Features) -> Tensor:
+        """The map without the memory: the distance map plus the segmentation probability."""
         amap = self.distance_map(f)
         if f.seg_logits is not None:
             amap = amap + torch.sigmoid(f.seg_logits)
+        return amap
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.features(x)
+        amap = self.trained_map(f)
         if self.memory is not None:
             amap = amap + _resize(self.memory(f.teacher[1], f.teacher[2]), amap.shape[-2:])
         return amap

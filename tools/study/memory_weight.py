@@ -50,11 +50,10 @@ def branches(model, spec, bgr):
     """(trained map, memory's unweighted distance map), both at the map's stride."""
     x = torch.from_numpy(to_tensor(bgr, spec))[None]
     with torch.inference_mode():
-        full = model(x)
-        t = model.teacher(x)
-        mem = _resize(model.memory(t[1], t[2]), full.shape[-2:])
-    w = float(model.memory.weight)
-    return (full - mem)[0, 0].numpy(), mem[0, 0].numpy() / w
+        f = model.features(x)  # the teacher and the memory run once
+        trained = model.trained_map(f)
+        mem = _resize(model.memory.distance(f.teacher[1], f.teacher[2]), trained.shape[-2:])
+    return trained[0, 0].numpy(), mem[0, 0].numpy()
 
 
 def with_memory(ckpt: Path, data: Path):
@@ -104,8 +103,9 @@ def main() -> int:
 
     # Rules from the held-back normal images only.
     hg, hm, pg, pm = [], [], [], []
-    for p in held:
-        g, m = branches(model, spec, read_bgr(p))
+    held_images = [read_bgr(p) for p in held]
+    for im in held_images:
+        g, m = branches(model, spec, im)
         ga, gs = postprocess(g, spec, BLUR_SIGMA)
         ma, ms = postprocess(m, spec, BLUR_SIGMA)
         hg.append(gs)
@@ -126,8 +126,8 @@ def main() -> int:
     crng = np.random.default_rng([int(ck["config"]["seed"]), CALIB_STREAM])
     stroke = float(ck["config"].get("stroke_share", 0.0))
     sg, sm = [], []
-    for p in held:
-        g, m = branches(model, spec, synthesize(read_bgr(p), crng, stroke)[0])
+    for im in held_images:
+        g, m = branches(model, spec, synthesize(im, crng, stroke)[0])
         sg.append(postprocess(g, spec, BLUR_SIGMA)[1])
         sm.append(postprocess(m, spec, BLUR_SIGMA)[1])
     y = np.r_[np.zeros(len(held)), np.ones(len(held))]

@@ -121,11 +121,12 @@ def main() -> int:
         return (np.array([postprocess(g, spec, BLUR_SIGMA)[1] for g, _ in pairs]),
                 np.array([postprocess(m, spec, BLUR_SIGMA)[1] for _, m in pairs]))
 
-    ng, nm = scores(read_bgr(p) for p in held)
+    images = [read_bgr(p) for p in held]
+    ng, nm = scores(images)
     record: dict = {"checkpoint": str(ckpt), "weight": w0, "draws": draws, "held_back": len(held)}
     for kind in KINDS:
         rng = np.random.default_rng([0, 77])
-        ag, am = scores(anomalous(kind, read_bgr(p), rng) for p in held for _ in range(draws))
+        ag, am = scores(anomalous(kind, im, rng) for im in images for _ in range(draws))
         y = np.r_[np.zeros(len(ng)), np.ones(len(ag))]
         auc = {s: round(100 * image_auroc(y, np.r_[ng + s * w0 * nm, ag + s * w0 * am]), 2) for s in SCALES}
         print(f"{kind:14s} highest at scale {max(auc, key=auc.get)}: {auc}", flush=True)
