@@ -6,8 +6,9 @@ Scores DATA/test/good (default ../shared/data/mtd) with a `gnl fit`
 checkpoint under each part of the VAND 2.0 perturbation alone (gnl.perturb:
 horizontal flip, vertical flip, rotation by U(-20, 20) degrees with black
 corners, colour jitter, 3x3 Gaussian blur), then under all of it, and prints
-per part the false alarms at the checkpoint's threshold and the median and
-90th percentile of the image score and of the memory's part of it. Each
+per part the false alarms at the checkpoint's threshold (score >= threshold,
+as gnld flags a frame) and the median and 90th percentile of the image
+score and of the memory's part of it. Each
 part draws from default_rng(0). What it found: models/RESULTS.md, "The
 memory picked by greedy k-centre".
 """
@@ -54,7 +55,7 @@ def main() -> int:
         images = [cv2.resize(part(im, rng), (size, size), interpolation=cv2.INTER_LINEAR) for im in raw]
         s = image_scores(model, images, spec, 16)
         mem = image_scores(model, images, spec, 16, memory_only=True) if model.memory is not None else np.zeros_like(s)
-        print(f"{name:7s} false alarms {int((s > threshold).sum()):3d}/{len(s)}  score median {np.median(s):.3f} "
+        print(f"{name:7s} false alarms {int((s >= threshold).sum()):3d}/{len(s)}  score median {np.median(s):.3f} "
               f"p90 {np.quantile(s, .9):.3f}  memory's part median {np.median(mem):.3f} p90 {np.quantile(mem, .9):.3f}",
               flush=True)
     return 0
