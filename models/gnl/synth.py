@@ -168,8 +168,13 @@ def synthesize(bgr: np.ndarray, rng: np.random.Generator,
     else:
         mask = perlin_mask(bgr.shape[:2], rng)
         tex = texture(bgr, rng)
-    beta = rng.uniform(0, BETA_MAX)
+    return blend(bgr, mask, tex, rng.uniform(0, BETA_MAX)), mask
+
+
+def blend(bgr: np.ndarray, mask: np.ndarray, tex: np.ndarray, beta: float) -> np.ndarray:
+    """8-bit `bgr` with `tex` laid over it under `mask` (float {0, 1} H x W),
+    keeping the share `beta` of the image there (the module doc's formula)."""
     img = bgr.astype(np.float32)
     m = mask[..., None]
     out = img * (1 - m) + (1 - beta) * tex * m + beta * img * m
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

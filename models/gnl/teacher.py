@@ -529,25 +529,31 @@ def _features(teacher: Teacher, paths: Sequence[Path], size: int, batch: int = 1
     aggregation, Roth et al., CVPR 2022) so a descriptor sees its neighbours.
     """
     from gnl.data import load_image
+
+    out, masks = [], []
+    for i in range(0, len(paths), batch):
+        imgs = [load_image(p) for p in paths[i:i + batch]]
+        if resize == "letterbox":
+            boxed = [letterbox(im, size) for im in imgs]
+            imgs = [b[0] for b in boxed]
+            valid = torch.from_numpy(np.stack([b[1][4::8, 4::8] for b in boxed]))  # stride-8 centres
+        else:
+            valid = torch.ones(len(imgs), size // 8, size // 8, dtype=torch.bool)
+        masks.append(valid.flatten(1))
+        out.append(image_descriptors(teacher, imgs, size))
+    return torch.cat(out), torch.cat(masks)
+
+
+def image_descriptors(teacher: Teacher, imgs: Sequence[np.ndarray], size: int) -> Tensor:
+    """Per-location descriptors [N, h*w, C] of 8-bit BGR images, each resized to size x size."""
     from gnl.memory import descriptors
     from gnl.preprocess import InputSpec, to_tensor
 
     spec = InputSpec(width=size, height=size, mean=teacher.mean, std=teacher.std)
-    out, masks = [], []
     with torch.no_grad():
-        for i in range(0, len(paths), batch):
-            imgs = [load_image(p) for p in paths[i:i + batch]]
-            if resize == "letterbox":
-                boxed = [letterbox(im, size) for im in imgs]
-                imgs = [b[0] for b in boxed]
-                valid = torch.from_numpy(np.stack([b[1][4::8, 4::8] for b in boxed]))  # stride-8 centres
-            else:
-                valid = torch.ones(len(imgs), size // 8, size // 8, dtype=torch.bool)
-            masks.append(valid.flatten(1))
-            x = torch.from_numpy(np.stack([to_tensor(im, spec) for im in imgs]))
-            _, f8, f16 = teacher(x)
-            out.append(descriptors(f8, f16).flatten(2).transpose(1, 2))
-    return torch.cat(out), torch.cat(masks)
+        x = torch.from_numpy(np.stack([to_tensor(im, spec) for im in imgs]))
+        _, f8, f16 = teacher(x)
+        return descriptors(f8, f16).flatten(2).transpose(1, 2)
 
 
 def nearest_distance(q: Tensor, bank: Tensor) -> Tensor:

@@ -56,13 +56,6 @@ SMALL_RADIUS = (0.03, 0.08)  # of the short side
 SCAR_LENGTH, SCAR_WIDTH = (0.10, 0.25), (0.01, 0.06)  # of the short side
 
 
-def blend(bgr: np.ndarray, mask: np.ndarray, tex: np.ndarray, beta: float) -> np.ndarray:
-    """gnl.synth's blend with a given beta (the share of the image kept under the mask)."""
-    img, m = bgr.astype(np.float32), mask[..., None]
-    out = img * (1 - m) + (1 - beta) * tex * m + beta * img * m
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def small(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The mask within a disc around one of its pixels."""
     h, w = mask.shape
@@ -99,7 +92,7 @@ def anomalous(kind: str, bgr: np.ndarray, rng: np.random.Generator) -> np.ndarra
         mask = small(mask, rng)
     tex = synth.texture(bgr, rng)
     beta = 1 - rng.uniform(*FAINT_OPACITY) if "faint" in kind else rng.uniform(0, synth.BETA_MAX)
-    return blend(bgr, mask, tex, beta)
+    return synth.blend(bgr, mask, tex, beta)
 
 
 def main() -> int:

@@ -24,10 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from gnl.data import load_image, test_samples, train_images  # noqa: E402
-from gnl.memory import descriptors  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
-from gnl.preprocess import InputSpec, to_tensor  # noqa: E402
-from gnl.teacher import bank_subset, build_teacher, knn_image_scores, nearest_distance  # noqa: E402
+from gnl.teacher import bank_subset, build_teacher, image_descriptors, knn_image_scores, nearest_distance  # noqa: E402
 
 
 def tiles(bgr: np.ndarray, size: int) -> list[np.ndarray]:
@@ -45,18 +43,12 @@ def tiles(bgr: np.ndarray, size: int) -> list[np.ndarray]:
 
 def tile_features(teacher, paths, size: int) -> tuple[torch.Tensor, np.ndarray]:
     """Descriptors of every tile [T, h*w, C] and each tile's image index [T]."""
-    spec = InputSpec(width=size, height=size, mean=teacher.mean, std=teacher.std)
     crops, owner = [], []
     for i, p in enumerate(paths):
         for t in tiles(load_image(p), size):
             crops.append(t)
             owner.append(i)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(crops), 16):
-            x = torch.from_numpy(np.stack([to_tensor(c, spec) for c in crops[i:i + 16]]))
-            _, f8, f16 = teacher(x)
-            out.append(descriptors(f8, f16).flatten(2).transpose(1, 2))
+    out = [image_descriptors(teacher, crops[i:i + 16], size) for i in range(0, len(crops), 16)]
     return torch.cat(out), np.asarray(owner)
 
 
