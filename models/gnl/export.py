@@ -298,7 +298,7 @@ def fit_split(data: Path, checkpoint: Path) -> tuple[list[Path], list[Path]]:
     """(calibration images, held-back normal images) exactly as `gnl fit`
     chose them when it trained `checkpoint` on `data`."""
     from gnl.data import train_images
-    from gnl.train import export_calibration, split_holdout
+    from gnl.holdout import export_calibration, split_holdout
 
     seed = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"].get("seed", 0))
     train, held = split_holdout(train_images(data), seed)

@@ -73,6 +73,7 @@ from tqdm import tqdm
 from gnl.augment import FILL, augment
 from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from gnl.data import DatasetError, fingerprint, train_images
+from gnl.holdout import HOLDOUT_FRACTION, MIN_HELD_OUT, export_calibration, split_holdout
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
 from gnl.memory import VIEWS as MEMORY_VIEWS
 from gnl.memory import balance_weight, coreset, descriptors
@@ -87,13 +88,11 @@ CHECKPOINT = "checkpoint.pt"
 STAGE1_SHARE = 0.7  # of --max-minutes, when there is a stage 2
 SEG_CHECKPOINT_EVERY = 25  # stage-2 steps between checkpoints / loss records
 SEG_ANOMALY_P = 0.5  # share of stage-2 images given a synthetic anomaly
-HOLDOUT_FRACTION = 0.1
-MIN_HELD_OUT = 2  # the threshold rule fits a distribution: it needs two scores at least
 MIN_IMAGES = 4  # two to train on, two held back
 # Random streams besides stage 1's default_rng(seed): default_rng([seed, STREAM]).
 CALIB_STREAM = 1  # synthetic anomalies on the held-back images
 SEG_STREAM = 2  # stage-2 batches
-HOLDOUT_STREAM = 3  # which images are held back
+# HOLDOUT_STREAM = 3 (gnl/holdout.py): which images are held back
 MEMORY_STREAM = 4  # the memory's augmented views and the coreset's first pick
 LR, BETAS = 0.005, (0.5, 0.999)  # RD4AD's Adam
 EPOCHS = 200  # an upper bound: the plateau rule stops training first
@@ -108,7 +107,6 @@ SEG_LR_SCHEDULE = "constant"
 STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
 SEG_AUGMENT = 0.5  # of the stage-2 images given stage 1's augmentation before the anomaly, as stage 1's views
 MEMORY = 32768  # descriptors in the memory of normal patches (gnl/memory.py); 0: none
-EXPORT_CALIB_IMAGES = 32  # training images, spread evenly, for int8 calibration
 
 
 class FitError(RuntimeError):
@@ -188,22 +186,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"gnl fit: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def split_holdout(paths: Sequence[Path], seed: int) -> tuple[list[Path], list[Path]]:
-    """(train, held_out): a seeded ~10% of the images (at least MIN_HELD_OUT)
-    held back for calibration."""
-    n_hold = max(MIN_HELD_OUT, round(len(paths) * HOLDOUT_FRACTION))
-    held = set(np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(len(paths))[:n_hold].tolist())
-    return ([p for i, p in enumerate(paths) if i not in held],
-            [p for i, p in enumerate(paths) if i in held])
-
-
-def export_calibration(train_paths: Sequence[Path]) -> list[Path]:
-    """The EXPORT_CALIB_IMAGES training images, spread evenly, that the
-    int8 export calibrates on (`gnl fit`, and `gnl export --data`)."""
-    step = max(len(train_paths) // EXPORT_CALIB_IMAGES, 1)
-    return list(train_paths[::step][:EXPORT_CALIB_IMAGES])
 
 
 def load_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:

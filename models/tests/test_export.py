@@ -133,7 +133,7 @@ def test_fit_split_is_the_one_gnl_fit_used(tmp_path) -> None:
     chose: the same seeded hold-out, calibration from the training part."""
     from gnl.data import train_images
     from gnl.export import fit_split
-    from gnl.train import EXPORT_CALIB_IMAGES, split_holdout
+    from gnl.holdout import EXPORT_CALIB_IMAGES, split_holdout
 
     if not (MTD / "train" / "good").is_dir():
         pytest.skip(f"MTD not found at {MTD}; set MTD")
