@@ -1,6 +1,6 @@
 """A memory of normal patches beside the GNL map: does it pay, and how big?
 
-    tools/sidroot run python3 tools/study/memory.py DATA VAND2_DATA CHECKPOINT OUT_DIR \
+    tools/sidroot run python3 models/studies/memory.py DATA VAND2_DATA CHECKPOINT OUT_DIR \
         [--banks random-16384,coreset-16384,random-65536]
 
 The frozen teacher's kNN (PatchCore-style descriptors: stride-8 and upsampled
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import load_model, score_condition  # noqa: E402
 from gnl.memory import coreset, descriptors  # noqa: E402

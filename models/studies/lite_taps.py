@@ -1,7 +1,8 @@
-"""Where to read EfficientNet-Lite's levels: block outputs (the default) or
-the next block's expansion (1x1 conv -> BN -> ReLU6, 6x the channels).
+"""Where should EfficientNet-Lite's levels be read: block outputs (the
+default) or the next block's expansion (1x1 conv -> BN -> ReLU6, 6x the
+channels)?
 
-    tools/sidroot run python3 tools/study/lite_taps.py DATA OUT.json [IMAGE_SIZE] [BANK_SIZE]
+    tools/sidroot run python3 models/studies/lite_taps.py DATA OUT.json [IMAGE_SIZE] [BANK_SIZE]
 
 The block outputs are MBConv's linear bottlenecks (24/40/112 channels, no
 activation); the expansion that follows is where the network spreads them
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl import teacher as T  # noqa: E402

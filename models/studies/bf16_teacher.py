@@ -1,7 +1,7 @@
-"""How far the frozen teacher's maps move under bf16 autocast, and what a
-teacher pass costs in each precision.
+"""How far do the frozen teacher's maps move under bf16 autocast, and what
+does a teacher pass cost in each precision?
 
-    tools/sidroot run python3 tools/study/bf16_teacher.py DATA OUT.json
+    tools/sidroot run python3 models/studies/bf16_teacher.py DATA OUT.json
 
 `gnl fit --precision bf16` runs the teacher under autocast too (the cached
 clean views and each step's augmented views alike), while the exported
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import train_images  # noqa: E402
 from gnl.device import autocast  # noqa: E402

@@ -1,7 +1,10 @@
-"""Aspect handling by tiles: the frozen-teacher kNN of `gnl teacher-check` on
+"""Does scoring square tiles, which keep an image's aspect, beat squashing
+the image to a square?
+
+Aspect handling by tiles: the frozen-teacher kNN of `gnl teacher-check` on
 square tiles of each image instead of the whole image squashed to a square.
 
-    tools/sidroot run python3 tools/study/tiles.py DATA OUT.json [IMAGE_SIZE] [BANK_SIZE]
+    tools/sidroot run python3 models/studies/tiles.py DATA OUT.json [IMAGE_SIZE] [BANK_SIZE]
 
 MTD's images run from about 130x290 to 600x250, and gnld squashes each to
 256x256, so a wide crack image is narrowed 2.3x. Tiling cuts an H x W image
@@ -22,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import load_image, test_samples, train_images  # noqa: E402
 from gnl.metrics import image_auroc, image_auroc_per_class  # noqa: E402
 from gnl.teacher import bank_subset, build_teacher, image_descriptors, knn_image_scores, nearest_distance  # noqa: E402

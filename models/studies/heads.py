@@ -1,6 +1,6 @@
 """Does averaging the maps of independently trained segmentation heads help?
 
-    tools/sidroot run python3 tools/study/heads.py out/model/checkpoint.pt ../shared/data/mtd out/study/heads.json \
+    tools/sidroot run python3 models/studies/heads.py out/model/checkpoint.pt ../shared/data/mtd out/study/heads.json \
         out/study/head-constant-{1,2,3}/epochs/seg-00600.pt out/study/head-cosine-{1,2,3}/epochs/seg-00600.pt
 
 Every head here was trained on the same student (CKPT's; `epochs.py head`
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import test_samples, train_images  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402

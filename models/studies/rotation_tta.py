@@ -1,6 +1,6 @@
 """Rotation test-time augmentation: does scoring turned copies of a frame pay?
 
-    tools/sidroot run python3 tools/study/rotation_tta.py CHECKPOINT [ANGLES] [DATA]
+    tools/sidroot run python3 models/studies/rotation_tta.py CHECKPOINT [ANGLES] [DATA]
 
 Scores DATA/test (default ../shared/data/mtd) clean and under VAND 2.0
 (seed 0, the same draws as `gnl test`) with a float checkpoint, each image
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples  # noqa: E402
 from gnl.evaluate import load_model, perturbed  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402

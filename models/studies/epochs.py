@@ -1,16 +1,16 @@
-"""How the stage-1 student's separation changes epoch by epoch, and whether
-any signal a recipe could use (normal images only) follows it.
+"""How does the stage-1 student's separation change epoch by epoch, and does
+any signal a recipe could use (normal images only) follow it?
 
     # 1. the default recipe's stage 1, with the trainable weights kept after every epoch
-    tools/sidroot run python3 tools/study/epochs.py train ../shared/data/mtd out/study/epochs --epochs 26
+    tools/sidroot run python3 models/studies/epochs.py train ../shared/data/mtd out/study/epochs --epochs 26
     # 2. every kept epoch scored (distance map only, as stage 1 has no head yet)
-    tools/sidroot run python3 tools/study/epochs.py score ../shared/data/mtd out/study/epochs out/study/epochs.json
+    tools/sidroot run python3 models/studies/epochs.py score ../shared/data/mtd out/study/epochs out/study/epochs.json
     # 3. the default's segmentation head trained on for more steps, then read with the head
-    tools/sidroot run python3 tools/study/epochs.py seg out/model/checkpoint.pt ../shared/data/mtd out/study/seg --seg-steps 1500 --max-minutes 60
-    tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/seg out/study/seg.json out/model/checkpoint.pt
+    tools/sidroot run python3 models/studies/epochs.py seg out/model/checkpoint.pt ../shared/data/mtd out/study/seg --seg-steps 1500 --max-minutes 60
+    tools/sidroot run python3 models/studies/epochs.py score --full ../shared/data/mtd out/study/seg out/study/seg.json out/model/checkpoint.pt
     # 4. a fresh head trained on the default's student, per head seed and stage-2 schedule
-    tools/sidroot run python3 tools/study/epochs.py head out/model/checkpoint.pt ../shared/data/mtd out/study/head-cosine-1 --head-seed 1 --seg-lr-schedule cosine
-    tools/sidroot run python3 tools/study/epochs.py score --full ../shared/data/mtd out/study/head-cosine-1 out/study/head-cosine-1.json
+    tools/sidroot run python3 models/studies/epochs.py head out/model/checkpoint.pt ../shared/data/mtd out/study/head-cosine-1 --head-seed 1 --seg-lr-schedule cosine
+    tools/sidroot run python3 models/studies/epochs.py score --full ../shared/data/mtd out/study/head-cosine-1 out/study/head-cosine-1.json
     # (any `gnl fit` stage-2 option passes through, e.g. --stroke-share 0.5 for thin-stroke anomalies,
     #  --seg-augment 0.5 for augmented images in the head's training)
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl import train as gtrain  # noqa: E402
 from gnl.data import fingerprint, test_samples, train_images  # noqa: E402
 from gnl.evaluate import perturbed  # noqa: E402

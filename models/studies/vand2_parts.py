@@ -1,6 +1,6 @@
 """Which part of VAND 2.0 raises the scores of normal test images?
 
-    tools/sidroot run python3 tools/study/vand2_parts.py CHECKPOINT [DATA]
+    tools/sidroot run python3 models/studies/vand2_parts.py CHECKPOINT [DATA]
 
 Scores DATA/test/good (default ../shared/data/mtd) with a `gnl fit`
 checkpoint under each part of the VAND 2.0 perturbation alone (gnl.perturb:
@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl import perturb  # noqa: E402
 from gnl.evaluate import load_model  # noqa: E402
 from gnl.preprocess import read_bgr  # noqa: E402

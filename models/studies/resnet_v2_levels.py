@@ -1,10 +1,12 @@
-"""ResNet50-v2's three levels read raw (a pre-activation net's un-normalised
+"""Should ResNet50-v2's levels be read raw or through the next unit's BN -> ReLU?
+
+ResNet50-v2's three levels read raw (a pre-activation net's un-normalised
 residual sums) or through the next unit's BN -> ReLU (what the next unit
 itself reads; `stage4_batchnorm0` for stage 3): frozen-teacher kNN image
 AUROC on a data set, by `gnl teacher-check`'s protocol and defaults (256x256
 squash, 200 bank images, seed 0) at 16,384 bank descriptors.
 
-    tools/sidroot run python3 tools/study/resnet_v2_levels.py ../shared/data/mtd out/study/resnet_v2_levels.json
+    tools/sidroot run python3 models/studies/resnet_v2_levels.py ../shared/data/mtd out/study/resnet_v2_levels.json
 
 The "preact" reading is the teacher's default, so its row is what
 `gnl teacher-check --backbone resnet50-v2 --bank-size 16384 --pretrained-only`
@@ -13,7 +15,7 @@ prints. A one-off reading for models/RESULTS.md, not part of the toolchain.
 import json, sys, time
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples, train_images
 from gnl.metrics import image_auroc, image_auroc_per_class
 from gnl.teacher import bank_subset, build_teacher, knn_image_scores

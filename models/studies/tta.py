@@ -1,6 +1,6 @@
 """Flip test-time augmentation: does averaging the map over flipped views pay?
 
-    tools/sidroot run python3 tools/study/tta.py CHECKPOINT_OR_BUNDLE DATA OUT.json
+    tools/sidroot run python3 models/studies/tta.py CHECKPOINT_OR_BUNDLE DATA OUT.json
 
 Scores the test set clean and under VAND 2.0 (seed 0, as `gnl test`) with
 the plain map and with the mean of the maps of 4 views (identity, left-right,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples  # noqa: E402
 from gnl.evaluate import load_model, score_condition  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Could anomalies made on held-back normal images choose the memory's weight?
 
-    tools/sidroot run python3 tools/study/proxy_anomalies.py CHECKPOINT [DRAWS] [DATA]
+    tools/sidroot run python3 models/studies/proxy_anomalies.py CHECKPOINT [DRAWS] [DATA]
 
 The default's weight gives the trained map and the memory the same spread of
 image scores on the held-back normal images. memory_weight.py showed, with
@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_weight import SCALES, branches, with_memory  # noqa: E402
 

@@ -1,6 +1,6 @@
 """How much does the memory's weight matter, and can normal images pick it?
 
-    tools/sidroot run python3 tools/study/memory_weight.py CHECKPOINT [DATA]
+    tools/sidroot run python3 models/studies/memory_weight.py CHECKPOINT [DATA]
 
 A diagnosis, not a recipe: it reads the test labels, which no default may
 use. The map `gnl fit` builds is GNL's trained map + weight x the memory's
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.data import test_samples  # noqa: E402
 from gnl.evaluate import load_model, perturbed  # noqa: E402
 from gnl.metrics import image_auroc  # noqa: E402

@@ -1,9 +1,12 @@
-"""Average the segmentation head's weights over kept stage-2 snapshots of
+"""Does averaging the segmentation head's weights over one run's stage-2
+snapshots (SWA) beat its last snapshot?
+
+Average the segmentation head's weights over kept stage-2 snapshots of
 one run (stochastic weight averaging, Izmailov et al. 2018, without its
 BatchNorm refresh: running statistics are averaged too), keep the student,
 and write a snapshot `epochs.py score --full` reads.
 
-    tools/sidroot run python3 tools/study/swa_head.py OUT.pt SNAP.pt SNAP.pt ...
+    tools/sidroot run python3 models/studies/swa_head.py OUT.pt SNAP.pt SNAP.pt ...
 
 A one-off reading for models/RESULTS.md, not part of the toolchain.
 """

@@ -1,21 +1,21 @@
-"""Which parts of a GNL map to sum, read two ways: image AUROC of every
+"""Which parts of a GNL map should be summed? Read two ways: image AUROC of every
 subset of {level 1, 2, 3 1-cos, segmentation} on the held-back normal images
 against synthetic-anomaly versions of them (normal images only: what a
 recipe could use), and on the data set's test split (its labels: reference).
 
-    tools/sidroot run python3 tools/study/subsets.py out/model/checkpoint.pt ../shared/data/mtd out/study/subsets.json
+    tools/sidroot run python3 models/studies/subsets.py out/model/checkpoint.pt ../shared/data/mtd out/study/subsets.json
 
 A one-off reading for models/RESULTS.md, not part of the toolchain.
 """
 import itertools, json, sys
 from pathlib import Path
 import numpy as np, torch, cv2
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gnl.model import load_checkpoint, cosine_distance, _resize
 from gnl.data import test_samples, load_image, train_images
 from gnl.preprocess import InputSpec, to_tensor, postprocess, read_bgr
 from gnl.metrics import image_auroc
-from gnl.train import split_holdout
+from gnl.holdout import split_holdout
 from gnl.synth import synthesize
 
 ck, data, out_json = sys.argv[1:4]

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""The model ablation of models/RESULTS.md: one `gnl fit` + `gnl test` per row.
+"""What does each change to the default recipe do, trained and scored alike?
 
-    tools/ablation.py --data DIR --out DIR [--rows r1,r2] [--parallel N]
+The model ablation of models/RESULTS.md: one `gnl fit` + `gnl test` per row.
+
+    models/studies/ablation.py --data DIR --out DIR [--rows r1,r2] [--parallel N]
                       [--device auto|cpu|cuda] [--max-minutes M] [--weights-dir DIR]
 
 Each row changes one thing against the recipe `gnl fit` uses by default
@@ -63,7 +65,9 @@ def run_row(name: str, a: argparse.Namespace) -> dict:
     if a.test_limit:
         test += ["--limit", str(a.test_limit)]
     rec: dict = {"row": name, "changes": what, "fit": " ".join(fit[1:]), "test": " ".join(test[1:])}
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    models = str(Path(__file__).resolve().parents[1])  # gnl, for `python -m gnl`
+    pythonpath = os.pathsep.join(filter(None, [models, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": pythonpath}
     for key, cmd in (("fit", fit), ("test", test)):
         t0 = time.time()
         with open(out / f"{key}.log", "w") as log:
