@@ -657,8 +657,8 @@ type Result struct {
 	Verdict         string `json:"verdict"` // "anomalous" or "normal"
 	// Drift is the camera's drift state when the frame was scored: "ok",
 	// or "warning" when recent frames no longer look like the training
-	// images, so that the verdict cannot be trusted (README, "Drift
-	// warnings"); absent when the drift monitor is off.
+	// images, so that the verdict cannot be trusted (docs/OPERATE.md,
+	// "Drift warnings"); absent when the drift monitor is off.
 	Drift     string  `json:"drift,omitempty"`
 	LatencyMS Latency `json:"latency_ms"`
 	// Trigger mode only: the trigger's part id, and its other fields as

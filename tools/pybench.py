@@ -109,7 +109,7 @@ def connect(addr: str):
 
 def compare(go_path: Path, py_path: Path) -> None:
     """Every run side by side per thread count, then the ratios the targets
-    are stated in (README, Measured)."""
+    are stated in (docs/PERFORMANCE.md)."""
     runs = [json.loads(line) for path in (go_path, py_path) for line in path.read_text().splitlines() if line.strip()]
     head = f"{'threads':>7}  {'run':<16} {'normalize':>9} {'invoke':>8} {'post':>7} {'total':>8} {'fps':>6} {'GMAC/s':>7} {'peak RSS':>8}"
     print(head)

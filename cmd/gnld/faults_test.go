@@ -520,7 +520,7 @@ func TestSpoolDiskFull(t *testing.T) {
 // that size holding the last good picture or a garbled one. gnld cannot
 // tell them from real frames; this test pins that behaviour down (the
 // video's frames all keep the first size, so capture sees no change), and
-// README says to restart a stream whose resolution changes. A source that
+// docs/CONFIG.md says to restart a stream whose resolution changes. A source that
 // does deliver frames of a new size has them scored, with a warning and a
 // count (capture's size_changes).
 func TestFrameSizeChanges(t *testing.T) {

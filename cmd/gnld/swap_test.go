@@ -93,7 +93,7 @@ func waitLog(t testing.TB, log *syncBuffer, s string, n int) {
 }
 
 // pointer is a symbolic link used as GNLD_MODEL_DIR; point retargets it
-// atomically (a new link renamed over the old), as README advises.
+// atomically (a new link renamed over the old), as docs/OPERATE.md advises.
 type pointer string
 
 func newPointer(t testing.TB, target string) pointer {
