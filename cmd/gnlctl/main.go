@@ -1,7 +1,7 @@
 // Command gnlctl inspects, runs, benchmarks and evaluates gnld model bundles
 // through gnld's own pipeline (the code the daemon runs).
 //
-//	gnlctl inspect BUNDLE
+//	gnlctl inspect [--json] BUNDLE
 //	gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]
 //	gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]
 //	gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
@@ -35,7 +35,7 @@ func main() {
 }
 
 const usage = `usage:
-  gnlctl inspect BUNDLE                                   metadata and tensors
+  gnlctl inspect [--json] BUNDLE                          metadata, accuracy table, tensors
   gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]  JSON line per image
   gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]    per-stage latency, FPS, peak RSS
   gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
