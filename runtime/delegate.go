@@ -1,5 +1,10 @@
 package runtime
 
+/*
+#include <tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h>
+*/
+import "C"
+
 import (
 	"fmt"
 	"strings"
@@ -44,13 +49,14 @@ func fallbacks(d string) []string {
 }
 
 // newDelegates makes the delegates for one setting, in the order TFLite
-// applies them. The caller deletes them after the interpreter.
-func newDelegates(d string, threads int) ([]delegates.Delegater, error) {
+// applies them; XNNPACK packs its weights into cache (nil: its own). The
+// caller deletes them after the interpreter.
+func newDelegates(d string, threads int, cache *C.struct_TfLiteXNNPackDelegateWeightsCache) ([]delegates.Delegater, error) {
 	switch d {
 	case Builtin:
 		return nil, nil
 	case XNNPACK:
-		x, err := newXNNPACK(threads)
+		x, err := newXNNPACK(threads, cache)
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +68,7 @@ func newDelegates(d string, threads int) ([]delegates.Delegater, error) {
 		}
 		// The GPU delegate takes what it supports; XNNPACK runs the rest
 		// (when it cannot be made, TFLite's builtin kernels do).
-		if x, err := newXNNPACK(threads); err == nil {
+		if x, err := newXNNPACK(threads, cache); err == nil {
 			return []delegates.Delegater{g, x}, nil
 		}
 		return []delegates.Delegater{g}, nil

@@ -11,15 +11,20 @@
 // likes, and finally calls Close once.
 //
 // An Interpreter is NOT safe for concurrent use: TFLite interpreters keep
-// per-call state in their tensors. Use one per goroutine (gnld uses one per
-// camera); several may share nothing but the model file.
+// per-call state in their tensors. Use one per goroutine at a time
+// (gnld's cameras borrow one for each frame). Several interpreters made
+// together from one Model (LoadModel, Model.NewInterpreters) share the
+// model's bytes and XNNPACK's packed weights.
 package runtime
+
+/*
+#include <tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h>
+*/
+import "C"
 
 import (
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
 	"strings"
 
 	tflite "github.com/mattn/go-tflite"
@@ -40,7 +45,7 @@ type Options struct {
 
 // Interpreter is one loaded model, ready to Invoke. Not goroutine-safe.
 type Interpreter struct {
-	model     *tflite.Model
+	shared    *Model // the model it was made from; released by Close
 	options   *tflite.InterpreterOptions
 	interp    *tflite.Interpreter
 	delegates []delegates.Delegater // in the order applied; deleted after interp
@@ -51,63 +56,40 @@ type Interpreter struct {
 	in, out   *Tensor
 }
 
-// New loads modelPath and prepares it to run with opt. When the requested
-// delegate cannot be created or applied, New logs one warning naming the
-// reason and runs on the next in line instead: XNNPACK, then the builtin
-// kernels. It fails only if the builtin kernels cannot run the model, or
-// the delegate setting is invalid.
+// New loads modelPath and prepares it to run with opt: LoadModel and one
+// interpreter of it, which owns the model. When the requested delegate
+// cannot be created or applied, New logs one warning naming the reason and
+// runs on the next in line instead: XNNPACK, then the builtin kernels. It
+// fails only if the builtin kernels cannot run the model, or the delegate
+// setting is invalid.
 func New(modelPath string, opt Options) (*Interpreter, error) {
-	want, err := ParseDelegate(opt.Delegate)
+	if _, err := ParseDelegate(opt.Delegate); err != nil {
+		return nil, err
+	}
+	m, err := LoadModel(modelPath)
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(modelPath)
+	defer m.Close() // the interpreter holds it
+	ips, err := m.NewInterpreters(opt, 1)
 	if err != nil {
-		return nil, fmt.Errorf("%s: cannot open model: %w; run `gnl export` to write the bundle, or point --model at a bundle folder", modelPath, err)
+		return nil, err
 	}
-	// TFLite checks the file's layout but trusts its indices; a bad one
-	// can abort the process (see verifyModel). TFLite gets these same
-	// bytes (newModel).
-	if err := verifyModel(data); err != nil {
-		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (%v: truncated or corrupt?); re-export the bundle with `gnl export`", modelPath, err)
-	}
-	model, err := newModel(data) // a private copy: see newModel
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", modelPath, err)
-	}
-	if model == nil {
-		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (truncated or corrupt?); re-export the bundle with `gnl export`", modelPath)
-	}
-	threads := max(opt.Threads, 1)
-	var failed []string
-	for _, d := range fallbacks(want) {
-		ip, err := build(model, threads, d)
-		if err == nil {
-			if len(failed) > 0 {
-				slog.Warn("delegate not applied, running on "+d+" instead", "model", modelPath, "delegate", want, "err", strings.Join(failed, "; "))
-			}
-			return ip.check(modelPath)
-		}
-		if d == Builtin {
-			model.Delete()
-			return nil, fmt.Errorf("%s: %w", modelPath, err)
-		}
-		failed = append(failed, err.Error())
-	}
-	panic("unreachable: fallbacks end with the builtin kernels")
+	return ips[0], nil
 }
 
-// build makes an interpreter for model with the delegate setting d and
-// allocates its tensors. On error it frees everything but model.
-func build(model *tflite.Model, threads int, d string) (*Interpreter, error) {
-	ip := &Interpreter{model: model, applied: d}
+// build makes an interpreter for model with the delegate setting d (its
+// XNNPACK delegate packing weights into cache) and allocates its tensors.
+// On error it frees everything but model.
+func build(model *tflite.Model, threads int, d string, cache *C.struct_TfLiteXNNPackDelegateWeightsCache) (*Interpreter, error) {
+	ip := &Interpreter{applied: d}
 	ip.options = tflite.NewInterpreterOptions()
 	if ip.options == nil {
 		return nil, errors.New("cannot create TFLite interpreter options")
 	}
 	ip.options.SetNumThread(threads)
 	ip.errs = newErrorLog(ip.options)
-	ds, err := newDelegates(d, threads)
+	ds, err := newDelegates(d, threads, cache)
 	if err != nil {
 		ip.free()
 		return nil, err
@@ -193,13 +175,14 @@ func (ip *Interpreter) Invoke() error {
 	return nil
 }
 
-// Close frees the interpreter, its delegate and the model. The tensors'
-// buffers are invalid afterwards. Close is idempotent.
+// Close frees the interpreter and its delegates, and the model if this was
+// the last interpreter of a closed Model. The tensors' buffers are invalid
+// afterwards. Close is idempotent.
 func (ip *Interpreter) Close() {
 	ip.free()
-	if ip.model != nil {
-		ip.model.Delete()
-		ip.model = nil
+	if ip.shared != nil {
+		ip.shared.release()
+		ip.shared = nil
 	}
 	trimHeap()
 }
