@@ -155,7 +155,7 @@ func TestParityWithPython(t *testing.T) {
 }
 
 func inputSHA256(p *Pipeline) string {
-	in := p.ip.Input()
+	in := p.last.Input()
 	var b []byte
 	switch {
 	case in.Float32s() != nil:

@@ -2,11 +2,17 @@
 // bundle: normalise (BUNDLE.md steps 1-5), run the model (package runtime),
 // post-process (dequantize, resize, blur, max).
 //
-// Lifecycle: New once per camera; Process for every frame, from one
-// goroutine at a time; Close once when the camera stops. A Pipeline owns its
-// interpreter and all of its buffers, so it is NOT safe for concurrent use:
-// run one per camera, in that camera's goroutine. In steady state Process
-// allocates nothing (TestProcessAllocs), neither Go memory nor Mats.
+// Lifecycle: Load a bundle once (a Model: its interpreters), then one
+// Pipeline per camera from Model.Pipeline; Process for every frame, from one
+// goroutine at a time; Close each Pipeline when its camera stops and the
+// Model when no new camera will need it (its interpreters go with the last
+// of the two). New does both for a single camera. Cameras on one Model
+// share its interpreters, and so the model's weights: a Pipeline holds only
+// its frame and map buffers, and borrows an interpreter for the few
+// milliseconds of writing the input, invoking and reading the output. A
+// Pipeline is NOT safe for concurrent use: run one per camera, in that
+// camera's goroutine. In steady state Process allocates nothing
+// (TestProcessAllocs), neither Go memory nor Mats.
 package pipeline
 
 import (
@@ -15,6 +21,8 @@ import (
 	"image"
 	"log/slog"
 	"math"
+	goruntime "runtime"
+	"sync"
 	"time"
 
 	"gocv.io/x/gocv"
@@ -36,24 +44,40 @@ type Result struct {
 	Timings    Timings
 }
 
-// Timings are the wall times of the three stages of Process.
+// Timings are the wall times of the three stages of Process, and of the
+// wait for one of the Model's interpreters (other cameras were using them),
+// which none of the three includes.
 type Timings struct {
-	Normalize, Invoke, Post time.Duration
+	Normalize, Invoke, Post, Wait time.Duration
 }
 
-// Pipeline runs one bundle for one camera. Not goroutine-safe.
-type Pipeline struct {
-	ip        *runtime.Interpreter
-	meta      models.Meta
-	w, h      int // model input size
-	threshold float32
-	sigma     float64
-	rgb       bool
+// Model is one bundle in service: its interpreters, which the Pipelines
+// made from it (one per camera) borrow a frame at a time. Safe for
+// concurrent use.
+type Model struct {
+	bundle *models.Bundle
+	meta   models.Meta
+	all    []*runtime.Interpreter
+	free   chan *runtime.Interpreter
 
 	// Exactly one of these tables is set, matching the input tensor type.
 	lutF32 *[3][256]float32
 	lutI8  *[3][256]int8
 	lutU8  *[3][256]uint8
+
+	mu    sync.Mutex
+	users int // open Pipelines, plus one until Model.Close
+}
+
+// Pipeline runs a Model for one camera. Not goroutine-safe.
+type Pipeline struct {
+	model     *Model
+	last      *runtime.Interpreter // the interpreter the last Process used (tests read its input)
+	meta      models.Meta
+	w, h      int // model input size
+	threshold float32
+	sigma     float64
+	rgb       bool
 
 	resized gocv.Mat // frame at w x h, 8UC3 BGR
 	raw     gocv.Mat // model output, dequantized, h x w 32F
@@ -64,44 +88,124 @@ type Pipeline struct {
 	map8    []byte
 }
 
-// New makes a pipeline for bundle b. It checks that the model's tensors
-// match model.json (sizes, types, input quantization), because the lookup
-// tables and the post-processing are built from model.json.
-//
-// A bundle with a memory of normal patches runs on XNNPACK when the GPU
-// delegate is asked for, with one warning: on Mesa's rusticl the GPU
-// delegate's maps of such a bundle are half their range off the CPU's
-// (runtime.TestGPUParity), and a wrong map is a wrong verdict.
+// New makes a pipeline for bundle b with an interpreter of its own: Load
+// with one interpreter, for one camera.
 func New(b *models.Bundle, opt runtime.Options) (*Pipeline, error) {
-	if d, err := runtime.ParseDelegate(opt.Delegate); err == nil && d == runtime.GPU && b.Meta.Memory != nil {
-		slog.Warn("delegate not applied, running on "+runtime.XNNPACK+" instead", "model", b.ModelPath, "delegate", d,
-			"err", "the bundle has a memory of normal patches, whose maps TFLite's GPU delegate does not reproduce; "+
-				"gnld runs it on the CPU (XNNPACK)")
-		opt.Delegate = runtime.XNNPACK
-	}
-	ip, err := runtime.New(b.ModelPath, opt)
+	m, err := Load(b, opt, 1)
 	if err != nil {
 		return nil, err
 	}
-	m := b.Meta
-	p := &Pipeline{
-		ip: ip, meta: m, w: m.Input.Width, h: m.Input.Height,
-		threshold: float32(m.Threshold.Value), sigma: m.Postprocess.BlurSigma,
-		rgb: m.Input.ChannelOrder == "RGB",
+	p := m.Pipeline()
+	m.Close() // the interpreter goes with p
+	return p, nil
+}
+
+// Load makes `interpreters` (at least 1) interpreters of bundle b for the
+// cameras that will share it; they share the model's weights too
+// (runtime.Model). It checks that the model's tensors match
+// model.json (sizes, types, input quantization), because the lookup tables
+// and the post-processing are built from model.json.
+//
+// A bundle with a memory of normal patches from before projected memories
+// (model.json's memory without "dims") runs on XNNPACK when the GPU
+// delegate is asked for, with one warning: on Mesa's rusticl the GPU
+// delegate's maps of such a bundle are half their range off the CPU's
+// (runtime.TestGPUParity), and a wrong map is a wrong verdict.
+func Load(b *models.Bundle, opt runtime.Options, interpreters int) (*Model, error) {
+	if d, err := runtime.ParseDelegate(opt.Delegate); err == nil && d == runtime.GPU && b.Meta.Memory != nil && b.Meta.Memory.Dims == 0 {
+		slog.Warn("delegate not applied, running on "+runtime.XNNPACK+" instead", "model", b.ModelPath, "delegate", d,
+			"err", "the bundle has a full-width memory of normal patches, whose maps TFLite's GPU delegate does not reproduce; "+
+				"gnld runs it on the CPU (XNNPACK); re-export it with a projected memory (gnl fit --memory-dims) to run it on the GPU")
+		opt.Delegate = runtime.XNNPACK
 	}
-	if err := p.checkTensors(b); err != nil {
-		ip.Close()
+	loaded, err := runtime.LoadModel(b.ModelPath)
+	if err != nil {
 		return nil, err
 	}
-	switch in := ip.Input().Info(); in.DType {
-	case runtime.Float32:
-		p.lutF32 = lookupTables[float32](m.Input)
-	case runtime.Int8:
-		p.lutI8 = lookupTables[int8](m.Input)
-	case runtime.Uint8:
-		p.lutU8 = lookupTables[uint8](m.Input)
+	defer loaded.Close() // the interpreters hold it
+	ips, err := loaded.NewInterpreters(opt, interpreters)
+	if err != nil {
+		return nil, err
 	}
-	oh, ow := m.Output.Height, m.Output.Width
+	m := &Model{bundle: b, meta: b.Meta, all: ips, users: 1}
+	for _, ip := range ips {
+		if err := m.checkTensors(ip); err != nil {
+			m.closeInterpreters()
+			return nil, err
+		}
+	}
+	m.free = make(chan *runtime.Interpreter, len(m.all))
+	for _, ip := range m.all {
+		m.free <- ip
+	}
+	switch in := m.all[0].Input().Info(); in.DType {
+	case runtime.Float32:
+		m.lutF32 = lookupTables[float32](m.meta.Input)
+	case runtime.Int8:
+		m.lutI8 = lookupTables[int8](m.meta.Input)
+	case runtime.Uint8:
+		m.lutU8 = lookupTables[uint8](m.meta.Input)
+	}
+	return m, nil
+}
+
+// Interpreters is how many interpreters `cameras` cameras on one Model
+// share by default: one per camera, up to one per `threads` cores, so that
+// cameras are scored side by side as far as the cores allow, and further
+// cameras cost a frame's buffers, not a copy of the model.
+func Interpreters(cameras, threads int) int {
+	return max(1, min(cameras, goruntime.NumCPU()/max(threads, 1)))
+}
+
+// Interpreters is how many interpreters the Model's cameras share.
+func (m *Model) Interpreters() int { return len(m.all) }
+
+// Delegate says where the model runs ("xnnpack", "builtin", "gpu" or a
+// plugin path).
+func (m *Model) Delegate() string { return m.all[0].Delegate() }
+
+// Placement says how many nodes each delegate took and the model's MACs.
+func (m *Model) Placement() runtime.Placement { return m.all[0].Placement() }
+
+// Close gives up the Model's own hold on its interpreters: they are freed
+// now if no Pipeline uses them, else when the last one closes. Pipeline
+// must not be called afterwards.
+func (m *Model) Close() { m.release() }
+
+func (m *Model) release() {
+	m.mu.Lock()
+	m.users--
+	last := m.users == 0
+	m.mu.Unlock()
+	if last {
+		m.closeInterpreters()
+	}
+}
+
+func (m *Model) closeInterpreters() {
+	for _, ip := range m.all {
+		ip.Close()
+	}
+	m.all = nil
+}
+
+// Pipeline makes a camera's pipeline on m: its own buffers and threshold
+// (the bundle's until SetThreshold), m's interpreters.
+func (m *Model) Pipeline() *Pipeline {
+	m.mu.Lock()
+	if m.users == 0 {
+		m.mu.Unlock()
+		panic("pipeline: Model.Pipeline after the model was closed")
+	}
+	m.users++
+	m.mu.Unlock()
+	meta := m.meta
+	p := &Pipeline{
+		model: m, meta: meta, w: meta.Input.Width, h: meta.Input.Height,
+		threshold: float32(meta.Threshold.Value), sigma: meta.Postprocess.BlurSigma,
+		rgb: meta.Input.ChannelOrder == "RGB",
+	}
+	oh, ow := meta.Output.Height, meta.Output.Width
 	p.resized = gocv.NewMatWithSize(p.h, p.w, gocv.MatTypeCV8UC3)
 	p.raw = gocv.NewMatWithSize(oh, ow, gocv.MatTypeCV32F)
 	p.up = gocv.NewMatWithSize(p.h, p.w, gocv.MatTypeCV32F)
@@ -110,11 +214,12 @@ func New(b *models.Bundle, opt runtime.Options) (*Pipeline, error) {
 	// Views onto Mat memory; the Mats keep their size, so these stay valid.
 	p.rawF32, _ = p.raw.DataPtrFloat32()
 	p.mapF32, _ = p.blurred.DataPtrFloat32()
-	return p, nil
+	return p
 }
 
-func (p *Pipeline) checkTensors(b *models.Bundle) error {
-	in, out := p.ip.Input().Info(), p.ip.Output().Info()
+func (m *Model) checkTensors(ip *runtime.Interpreter) error {
+	b := m.bundle
+	in, out := ip.Input().Info(), ip.Output().Info()
 	mi, mo := b.Meta.Input, b.Meta.Output
 	fail := func(what string, got, want any) error {
 		return fmt.Errorf("%s: model %s is %v but %s says %v; re-export the bundle with `gnl export`",
@@ -147,10 +252,13 @@ func (p *Pipeline) Meta() models.Meta { return p.meta }
 
 // Delegate says where the model runs ("xnnpack", "builtin", "gpu" or a
 // plugin path).
-func (p *Pipeline) Delegate() string { return p.ip.Delegate() }
+func (p *Pipeline) Delegate() string { return p.model.Delegate() }
 
 // Placement says how many nodes each delegate took and the model's MACs.
-func (p *Pipeline) Placement() runtime.Placement { return p.ip.Placement() }
+func (p *Pipeline) Placement() runtime.Placement { return p.model.Placement() }
+
+// Model is the shared model the pipeline runs.
+func (p *Pipeline) Model() *Model { return p.model }
 
 // ErrFrame is wrapped by errors about unusable frames (empty, wrong type):
 // the camera's problem, not the model's.
@@ -159,31 +267,40 @@ var ErrFrame = errors.New("unusable frame")
 // Process scores one 8-bit BGR frame of any size. The frame is only read.
 func (p *Pipeline) Process(frame gocv.Mat) (Result, error) {
 	t0 := time.Now()
-	if err := p.normalize(frame); err != nil {
+	px, err := p.resize(frame)
+	if err != nil {
 		return Result{}, err
 	}
 	t1 := time.Now()
-	if err := p.ip.Invoke(); err != nil {
+	ip := <-p.model.free
+	t2 := time.Now()
+	p.last = ip
+	p.fill(ip.Input(), px)
+	t3 := time.Now()
+	if err := ip.Invoke(); err != nil {
+		p.model.free <- ip
 		return Result{}, err
 	}
-	t2 := time.Now()
-	score := p.post()
-	t3 := time.Now()
+	t4 := time.Now()
+	p.readOutput(ip.Output())
+	p.model.free <- ip
+	score := p.postRaw()
+	t5 := time.Now()
 	return Result{
 		Score: score, Threshold: p.threshold, Anomalous: score >= p.threshold,
 		Map: p.mapF32, MapW: p.w, MapH: p.h,
-		Timings: Timings{Normalize: t1.Sub(t0), Invoke: t2.Sub(t1), Post: t3.Sub(t2)},
+		Timings: Timings{Normalize: t1.Sub(t0) + t3.Sub(t2), Invoke: t4.Sub(t3), Post: t5.Sub(t4), Wait: t2.Sub(t1)},
 	}, nil
 }
 
-// normalize resizes frame to the input size (INTER_LINEAR) and writes it
-// through the lookup tables straight into the input tensor.
-func (p *Pipeline) normalize(frame gocv.Mat) error {
+// resize checks frame and returns its pixels at the input size
+// (INTER_LINEAR): the frame's own when it has that size already.
+func (p *Pipeline) resize(frame gocv.Mat) ([]byte, error) {
 	if frame.Empty() {
-		return fmt.Errorf("pipeline: %w: empty frame (the camera returned no image?)", ErrFrame)
+		return nil, fmt.Errorf("pipeline: %w: empty frame (the camera returned no image?)", ErrFrame)
 	}
 	if t := frame.Type(); t != gocv.MatTypeCV8UC3 {
-		return fmt.Errorf("pipeline: %w: frame type %v with %d channels, want 8-bit BGR (CV_8UC3); convert grey or BGRA frames with cvtColor first",
+		return nil, fmt.Errorf("pipeline: %w: frame type %v with %d channels, want 8-bit BGR (CV_8UC3); convert grey or BGRA frames with cvtColor first",
 			ErrFrame, t, frame.Channels())
 	}
 	src := frame
@@ -194,23 +311,26 @@ func (p *Pipeline) normalize(frame gocv.Mat) error {
 	}
 	px, err := src.DataPtrUint8()
 	if err != nil {
-		return fmt.Errorf("pipeline: %w", err)
+		return nil, fmt.Errorf("pipeline: %w", err)
 	}
-	in := p.ip.Input()
-	switch {
-	case p.lutF32 != nil:
-		fill(in.Float32s(), px, p.lutF32, p.rgb)
-	case p.lutI8 != nil:
-		fill(in.Int8s(), px, p.lutI8, p.rgb)
-	default:
-		fill(in.Uint8s(), px, p.lutU8, p.rgb)
-	}
-	return nil
+	return px, nil
 }
 
-// post dequantizes the output into raw and post-processes it.
-func (p *Pipeline) post() float32 {
-	out := p.ip.Output()
+// fill writes pixels px through the lookup tables into the input tensor.
+func (p *Pipeline) fill(in *runtime.Tensor, px []byte) {
+	m := p.model
+	switch {
+	case m.lutF32 != nil:
+		fill(in.Float32s(), px, m.lutF32, p.rgb)
+	case m.lutI8 != nil:
+		fill(in.Int8s(), px, m.lutI8, p.rgb)
+	default:
+		fill(in.Uint8s(), px, m.lutU8, p.rgb)
+	}
+}
+
+// readOutput dequantizes the output tensor into raw.
+func (p *Pipeline) readOutput(out *runtime.Tensor) {
 	q := out.Info().Quant
 	switch {
 	case out.Float32s() != nil:
@@ -224,7 +344,6 @@ func (p *Pipeline) post() float32 {
 			p.rawF32[i] = float32(int32(v)-q.ZeroPoint) * q.Scale
 		}
 	}
-	return p.postRaw()
 }
 
 // postRaw resizes raw to the input size, blurs it (BUNDLE.md
@@ -245,13 +364,14 @@ func (p *Pipeline) RawMap() (m []float32, w, h int) {
 	return p.rawF32, p.meta.Output.Width, p.meta.Output.Height
 }
 
-// Close frees the interpreter and the Mats. Results' maps become invalid.
+// Close frees the Mats, and the Model's interpreters if this was their
+// last user. Results' maps become invalid. Close is idempotent.
 func (p *Pipeline) Close() {
-	if p.ip == nil {
+	if p.model == nil {
 		return
 	}
-	p.ip.Close()
-	p.ip = nil
+	p.model.release()
+	p.model, p.last = nil, nil
 	for _, m := range []*gocv.Mat{&p.resized, &p.raw, &p.up, &p.blurred} {
 		m.Close()
 	}

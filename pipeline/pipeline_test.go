@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"image"
 	"log/slog"
 	"strings"
@@ -120,31 +121,118 @@ func TestProcessAllocs(t *testing.T) {
 	}
 }
 
-// A bundle with a memory of normal patches asked to run on the GPU delegate
-// runs on XNNPACK instead, and says why in one warning; a bundle without one
-// still gets the GPU delegate's usual fallback chain.
-func TestMemoryBundleAvoidsGPU(t *testing.T) {
+// A bundle with a full-width memory of normal patches asked to run on the
+// GPU delegate runs on XNNPACK instead, and says why in one warning; a
+// projected memory (model.json's memory.dims) and a bundle without one
+// still get the GPU delegate's usual fallback chain (here, without an
+// OpenCL GPU or with one, never this warning).
+func TestFullWidthMemoryBundleAvoidsGPU(t *testing.T) {
+	for _, tc := range []struct {
+		memory *models.Memory
+		warned bool
+	}{
+		{&models.Memory{Size: 4096, Weight: 0.05}, true},
+		{&models.Memory{Size: 4096, Dims: 32, Weight: 0.05}, false},
+		{nil, false},
+	} {
+		b, err := models.Load("../models/testdata/tiny")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Meta.Memory = tc.memory
+		var logs bytes.Buffer
+		prev := slog.Default()
+		slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+		p, err := New(b, runtime.Options{Threads: 1, Delegate: runtime.GPU})
+		slog.SetDefault(prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.warned && p.Delegate() != runtime.XNNPACK {
+			t.Errorf("%+v: delegate %q, want %q", tc.memory, p.Delegate(), runtime.XNNPACK)
+		}
+		if n := strings.Count(logs.String(), "memory of normal patches"); n != map[bool]int{true: 1}[tc.warned] ||
+			tc.warned && !strings.Contains(logs.String(), "level=WARN") {
+			t.Errorf("%+v: %d warnings naming the memory, want warned=%v: %q", tc.memory, n, tc.warned, logs.String())
+		}
+		p.Close()
+	}
+	if got := newTiny(t, "../models/testdata/tiny").Meta().Memory; got != nil {
+		t.Errorf("tiny bundle without a memory reads as %+v", got)
+	}
+}
+
+// Cameras on one Model share its interpreters: pipelines scoring frames
+// from their own goroutines on one interpreter give each frame the score a
+// pipeline of its own gives it, and the interpreters stay open until the
+// Model and every pipeline are closed.
+func TestCamerasShareOneInterpreter(t *testing.T) {
 	b, err := models.Load("../models/testdata/tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Meta.Memory = &models.Memory{Size: 4096, Weight: 0.05}
-	var logs bytes.Buffer
-	prev := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
-	defer slog.SetDefault(prev)
-	p, err := New(b, runtime.Options{Threads: 1, Delegate: runtime.GPU})
+	paths := testImages(t)
+	frames := make([]gocv.Mat, len(paths))
+	want := make([]float32, len(paths))
+	alone := newTiny(t, "../models/testdata/tiny")
+	for i, path := range paths {
+		frames[i] = gocv.IMRead(path, gocv.IMReadColor)
+		defer frames[i].Close()
+		res, err := alone.Process(frames[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = res.Score
+	}
+	m, err := Load(b, runtime.Options{Threads: 1}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	if p.Delegate() != runtime.XNNPACK {
-		t.Errorf("delegate %q, want %q", p.Delegate(), runtime.XNNPACK)
+	if m.Interpreters() != 1 {
+		t.Fatalf("%d interpreters, want 1", m.Interpreters())
 	}
-	if out := logs.String(); strings.Count(out, "memory of normal patches") != 1 || !strings.Contains(out, "level=WARN") {
-		t.Errorf("want one warning naming the memory, got %q", out)
+	const cameras, rounds = 4, 5
+	pipes := make([]*Pipeline, cameras)
+	for i := range pipes {
+		pipes[i] = m.Pipeline()
 	}
-	if got := newTiny(t, "../models/testdata/tiny").Meta().Memory; got != nil {
-		t.Errorf("tiny bundle without a memory reads as %+v", got)
+	m.Close() // the pipelines keep the interpreter
+	errs := make(chan error, cameras)
+	for c, p := range pipes {
+		go func() {
+			for r := range rounds {
+				i := (c + r) % len(frames)
+				res, err := p.Process(frames[i])
+				if err == nil && res.Score != want[i] {
+					err = fmt.Errorf("camera %d, frame %d: score %v on the shared interpreter, %v alone", c, i, res.Score, want[i])
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range cameras {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, p := range pipes[:cameras-1] {
+		p.Close()
+	}
+	if _, err := pipes[cameras-1].Process(frames[0]); err != nil {
+		t.Errorf("the last open pipeline: %v", err)
+	}
+	pipes[cameras-1].Close()
+	if m.all != nil {
+		t.Error("the interpreters are still open after the Model and every pipeline closed")
+	}
+	if n := Interpreters(8, 1); n < 1 || n > 8 {
+		t.Errorf("Interpreters(8 cameras, 1 thread) = %d", n)
+	}
+	if n := Interpreters(1, 1); n != 1 {
+		t.Errorf("Interpreters(1 camera) = %d, want 1", n)
 	}
 }

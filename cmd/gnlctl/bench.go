@@ -51,6 +51,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	imagePath := fs.String("image", "", "frame to use (default: the first MTD test/good image, else a synthetic 1024x768 frame)")
 	delegateList := fs.String("delegate", runtime.XNNPACK, "comma-separated delegates to time: xnnpack, builtin, gpu or a delegate plugin .so")
 	asJSON := fs.Bool("json", false, "print one JSON object per thread count")
+	cameraList := fs.String("cameras", "", "comma-separated camera counts (e.g. 1,2,4,8): that many cameras on one bundle, "+
+		"sharing its interpreters as gnld's do, each count in a process of its own; total FPS and peak RSS. "+
+		"Uses the first --threads and --delegate")
+	interpreters := fs.Int("interpreters", 0, "with --cameras: interpreters the cameras share (0: gnld's default, GNLD_INTERPRETERS)")
+	inProcess := fs.Bool("in-process", false, "with one --cameras count: run it in this process (what each child of --cameras runs)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -73,6 +78,33 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return usageError{"--delegate: " + err.Error()}
 		}
 		delegates = append(delegates, d)
+	}
+	if *cameraList != "" {
+		var counts []int
+		for _, s := range strings.Split(*cameraList, ",") {
+			k, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || k < 1 {
+				return usageError{fmt.Sprintf("--cameras %q: want positive integers like 1,2,4,8", *cameraList)}
+			}
+			counts = append(counts, k)
+		}
+		opt := runtime.Options{Threads: threads[0], Delegate: delegates[0]}
+		if !*inProcess {
+			return benchCameras(ctx, *model, counts, opt, *interpreters, *n, *imagePath, *asJSON, stdout, stderr)
+		}
+		if len(counts) != 1 {
+			return usageError{"--in-process runs one --cameras count"}
+		}
+		frame, _, err := benchFrame(*imagePath)
+		if err != nil {
+			return err
+		}
+		defer frame.Close()
+		r, err := benchCamerasHere(ctx, *model, counts[0], opt, *interpreters, *n, frame)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(stdout).Encode(r)
 	}
 	frame, name, err := benchFrame(*imagePath)
 	if err != nil {

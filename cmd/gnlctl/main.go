@@ -3,7 +3,7 @@
 //
 //	gnlctl inspect [--json] BUNDLE
 //	gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]
-//	gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]
+//	gnlctl bench --model BUNDLE [--threads 1,2] [--n 50] [--cameras 1,2,4,8]
 //	gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
 //	gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]
 package main
@@ -38,6 +38,7 @@ const usage = `usage:
   gnlctl inspect [--json] BUNDLE                          metadata, accuracy table, tensors
   gnlctl infer --model BUNDLE IMAGE|DIR... [--heatmaps DIR]  JSON line per image
   gnlctl bench --model BUNDLE [--threads 1,2] [--n 50]    per-stage latency, FPS, peak RSS
+               [--cameras 1,2,4,8]                       cameras sharing one bundle: total FPS, peak RSS
   gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
                                                           image AUROC, F1Max, pixel AUROC, AUPRO
   gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]

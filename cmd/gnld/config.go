@@ -39,7 +39,8 @@ type Config struct {
 	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
 	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
 	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
-	Threads        int           `default:"1" desc:"TFLite CPU threads per camera, 1 to 256."`
+	Threads        int           `default:"1" desc:"TFLite CPU threads per interpreter, 1 to 256."`
+	Interpreters   int           `default:"0" desc:"TFLite interpreters of the model, which all cameras share: a camera borrows one for each frame, so a further camera costs its frame buffers, not a copy of the model. 0: one per camera, at most one per GNLD_THREADS cores; 1 to 64: that many."`
 	Delegate       string        `default:"xnnpack" desc:"Where TFLite runs the model: xnnpack (XNNPACK's CPU kernels, float and int8; empty or cpu mean the same), builtin (TFLite's builtin CPU kernels only), gpu (the OpenCL GPU delegate, XNNPACK for the operators it leaves; without a usable OpenCL GPU gnld runs on xnnpack and logs one warning naming the cause), or the path of a TFLite delegate plugin .so. A delegate that fails also falls back to xnnpack with a warning."`
 
 	Site   string `default:"default" desc:"Site level of every MQTT topic: gnl/<site>/..."`
@@ -277,6 +278,8 @@ func validate(c *Config) error {
 		return invalid("DEVICE", c.Device, "a name without / + #")
 	case c.Threads < 1 || c.Threads > 256:
 		return invalid("THREADS", c.Threads, "1 to 256")
+	case c.Interpreters < 0 || c.Interpreters > 64:
+		return invalid("INTERPRETERS", c.Interpreters, "0 (one per camera, at most one per GNLD_THREADS cores) to 64")
 	case !validDelegate(c.Delegate):
 		return invalid("DELEGATE", c.Delegate, "xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so")
 	case c.MQTTQoS < 0 || c.MQTTQoS > 2:

@@ -54,8 +54,9 @@ type loadTimes struct{ load, build, warmup time.Duration }
 // loadScorers loads the bundle in GNLD_MODEL_DIR and the calibration
 // records, and makes and checks one scorer per camera: the metadata and
 // model hash (models.Load), the tensors against the metadata
-// (pipeline.New) and one warm-up frame each, which must give a finite
-// score. On error nothing stays open.
+// (pipeline.Load, once: the cameras share its interpreters) and one
+// warm-up frame each, which must give a finite score. On error nothing
+// stays open.
 func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 	var lt loadTimes
 	t0 := time.Now()
@@ -65,6 +66,14 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 	}
 	lt.load = time.Since(t0)
 	d.logDrift(b)
+	t1 := time.Now()
+	shared, err := pipeline.Load(b, runtime.Options{Threads: d.cfg.Threads, Delegate: d.cfg.Delegate},
+		interpreters(d.cfg.Interpreters, len(d.cfg.cameras), d.cfg.Threads))
+	if err != nil {
+		return nil, nil, lt, fmt.Errorf("model %s: %w", b.ModelPath, err)
+	}
+	lt.build += time.Since(t1)
+	defer shared.Close() // the scorers' pipelines hold it from here
 	var out []*scorer
 	fail := func(err error) (*models.Bundle, []*scorer, loadTimes, error) {
 		for _, s := range out {
@@ -74,7 +83,7 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 	}
 	for _, cc := range d.cfg.cameras {
 		t1 := time.Now()
-		s, err := d.newScorer(b, cc)
+		s, err := d.newScorer(b, shared, cc)
 		if err != nil {
 			return fail(err)
 		}
@@ -89,18 +98,24 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 	return b, out, lt, nil
 }
 
-// newScorer makes camera cc's pipeline for b with its threshold: the
-// camera's own setting, else its calibration if made with this model,
-// else the bundle's.
-func (d *daemon) newScorer(b *models.Bundle, cc CameraConfig) (*scorer, error) {
+// interpreters is how many interpreters the cameras on one model share:
+// the setting, else pipeline.Interpreters' choice.
+func interpreters(setting, cameras, threads int) int {
+	if setting > 0 {
+		return setting
+	}
+	return pipeline.Interpreters(cameras, threads)
+}
+
+// newScorer makes camera cc's pipeline on shared (bundle b) with its
+// threshold: the camera's own setting, else its calibration if made with
+// this model, else the bundle's.
+func (d *daemon) newScorer(b *models.Bundle, shared *pipeline.Model, cc CameraConfig) (*scorer, error) {
 	rec, path, err := calibration.Read(d.cfg.CalibrationDir, cc.name)
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: calibration (GNLD_CALIBRATION_DIR=%s): %w", cc.name, d.cfg.CalibrationDir, err)
 	}
-	p, err := pipeline.New(b, runtime.Options{Threads: d.cfg.Threads, Delegate: d.cfg.Delegate})
-	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", b.ModelPath, err)
-	}
+	p := shared.Pipeline()
 	m := b.Meta
 	s := &scorer{pipe: p, model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, thresholdSource: fromBundle}
 	if s.drift, err = d.newDrift(b, cc.name); err != nil {
