@@ -84,10 +84,14 @@ type Output struct {
 	Meaning      string       `json:"meaning"`
 }
 
-// Memory of normal patches inside the model: its size in descriptors and
-// the weight its distance map is added with.
+// Memory of normal patches inside the model: its size in descriptors, the
+// principal axes they are projected onto (0: the full descriptor), the
+// stride it compares at (0: 8), and the weight its distance map is added
+// with.
 type Memory struct {
 	Size   int     `json:"size"`
+	Dims   int     `json:"dims,omitempty"`
+	Stride int     `json:"stride,omitempty"`
 	Weight float64 `json:"weight"`
 }
 

@@ -172,11 +172,17 @@ def _image_scores(model_path: Path, spec: preprocess.InputSpec, paths: list[Path
 
 
 def _memory_json(model: nn.Module) -> dict[str, Any]:
-    """model.json's "memory" (size, weight) for a model with a memory of normal patches, else nothing."""
+    """model.json's "memory" (size, weight, dims when projected, stride when
+    not 8) for a model with a memory of normal patches, else nothing."""
     memory = getattr(model, "memory", None)
     if memory is None:
         return {}
-    return {"memory": {"size": int(memory.bank.shape[0]), "weight": float(memory.weight)}}
+    out = {"size": int(memory.bank.shape[0]), "weight": float(memory.weight)}
+    if memory.dims:
+        out["dims"] = memory.dims
+    if memory.stride != 8:
+        out["stride"] = memory.stride
+    return {"memory": out}
 
 
 def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path], config: dict[str, Any],

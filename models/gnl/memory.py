@@ -19,6 +19,16 @@ held-back normal images only: the spread (standard deviation) of the GNL
 map's image scores over that of the memory's, so that each branch moves the
 score as much on normal images.
 
+With `stride` 16 the descriptors are 2x2 average-pooled first (candidates
+and queries alike), so that the memory compares a quarter of the
+locations. With `dims` > 0 the descriptors are then projected onto their `dims`
+principal axes, fit on the normal candidates (PCA: no label, no anomaly), and
+both the greedy pick and the distances run in that space: the memory's cost
+per location is size x dims multiply-adds instead of size x channels, and a
+smaller bank holds the same variety (models/RESULTS.md, "The memory: what it
+costs and what it keeps"). `dims` = 0 keeps the full descriptors, as
+checkpoints from before the option.
+
 The distances run as 1x1 convolutions over chunks of the bank, each followed
 by a max over the chunk: min |q - b|^2 = |q|^2 - max(2 q.b - |b|^2). The
 bank stays float in an int8 bundle (export.FLOAT_MODULES): |q - b|^2 is a
@@ -35,44 +45,101 @@ from tqdm import tqdm
 
 CHUNK = 4096  # bank descriptors per 1x1 convolution: [1, 32, 32, 4096] float = 16 MB at 256 px
 VIEWS = 1  # augmented views of each training image added to the candidates
+STRIDES = (8, 16)  # where the memory compares: every stride-8 location, or 2x2-averaged ones
 
 
 def descriptors(t8: Tensor, t16: Tensor) -> Tensor:
     """[B, C8 + C16, H/8, W/8]: both levels 3x3 average-pooled, stride 16 resized onto stride 8."""
-    f8 = F.avg_pool2d(t8, 3, 1, 1)
-    f16 = F.interpolate(F.avg_pool2d(t16, 3, 1, 1), size=f8.shape[-2:], mode="bilinear", align_corners=False)
+    f8 = mean3x3(t8)
+    f16 = F.interpolate(mean3x3(t16), size=f8.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([f8, f16], dim=1)
+
+
+def mean3x3(x: Tensor) -> Tensor:
+    """Each location's 3x3 neighbourhood mean, zeros beyond the border
+    counted (avg_pool2d(x, 3, 1, 1)), written as a depthwise convolution:
+    TFLite's GPU delegate gets AVERAGE_POOL_2D's padding wrong (on Mesa's
+    rusticl its maps were 0.63 of their range off XNNPACK's, the whole
+    memory's error), and reproduces a depthwise convolution."""
+    c = x.shape[1]
+    return F.conv2d(x, torch.full((c, 1, 3, 3), 1 / 9, dtype=x.dtype, device=x.device), padding=1, groups=c)
+
+
+def describe(t8: Tensor, t16: Tensor, stride: int = 8) -> Tensor:
+    """`descriptors` at a memory's stride: 2x2-averaged for stride 16."""
+    x = descriptors(t8, t16)
+    return x if stride == 8 else F.avg_pool2d(x, stride // 8)
 
 
 class Memory(nn.Module):
     """Nearest-neighbour distance map of the teacher's descriptors to a bank.
 
-    `bank` [size, C] and `weight` are buffers: they travel in the state dict,
-    so a checkpoint carries its memory.
+    `bank` [size, dims or channels] and `weight` are buffers: they travel in
+    the state dict, so a checkpoint carries its memory. With `dims`, so do
+    the projection: `center` [channels], `projection` [dims, channels] (the
+    principal axes divided by `scale`, the candidates' RMS spread around
+    `center` in that space), and the bank is stored projected.
     """
 
-    def __init__(self, size: int, channels: int) -> None:
+    def __init__(self, size: int, channels: int, dims: int = 0, stride: int = 8) -> None:
         super().__init__()
-        self.register_buffer("bank", torch.zeros(size, channels))
+        if not 0 <= dims <= channels:
+            raise ValueError(f"memory dims must be 0 (no projection) .. {channels} (the descriptor's channels), "
+                             f"got {dims}")
+        if stride not in STRIDES:
+            raise ValueError(f"memory stride must be one of {STRIDES}, got {stride}")
+        self.dims, self.stride = dims, stride
+        self.register_buffer("bank", torch.zeros(size, dims or channels))
         self.register_buffer("weight", torch.zeros(()))
+        if dims:
+            self.register_buffer("center", torch.zeros(channels))
+            self.register_buffer("projection", torch.zeros(dims, channels))
+            self.register_buffer("scale", torch.ones(()))
 
     def set_bank(self, bank: Tensor) -> None:
         if bank.shape != self.bank.shape:
             raise ValueError(f"bank shape {tuple(bank.shape)} != {tuple(self.bank.shape)}")
         self.bank.copy_(bank)
 
-    def distance(self, t8: Tensor, t16: Tensor) -> Tensor:
-        """[B, 1, H/8, W/8] L2 distance of each location to its nearest bank descriptor (unweighted).
+    def fill(self, candidates: Tensor, rng: np.random.Generator) -> None:
+        """Fit the projection (with `dims`) on the normal `candidates` [n,
+        channels], then keep `size` of them, projected, by greedy k-centre."""
+        x = candidates
+        if self.dims:
+            center, projection, scale = principal_axes(candidates, self.dims)
+            self.center.copy_(center)
+            self.projection.copy_(projection)
+            self.scale.fill_(scale)
+            x = project(candidates, center, projection)
+        self.set_bank(x[coreset(x, self.bank.shape[0], rng)])
 
-        Queries and bank are first centred on the bank's mean and divided by
-        its RMS spread (both constants of the graph), so that the dot
-        products are of order 1: in fp16 (the GPU delegate) raw descriptors
-        overflow and |q|^2 - 2 q.b + |b|^2 loses every digit.
+    def describe(self, t8: Tensor, t16: Tensor) -> Tensor:
+        """[B, channels, H/stride, W/stride]: the descriptors the memory compares."""
+        return describe(t8, t16, self.stride)
+
+    def frame(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(queries [B, D, h, w], bank [size, D], scale) for descriptors x
+        [B, channels, h, w]: both in a frame where the dot products are of
+        order 1, and the factor back to descriptor units. In fp16 (the GPU
+        delegate) raw descriptors overflow and |q|^2 - 2 q.b + |b|^2 loses
+        every digit, so the frame is centred and divided by the spread,
+        constants of the graph: the bank's own for a full-width memory, the
+        projection's otherwise (which folds into one 1x1 convolution).
         """
+        if self.dims:
+            bias = -(self.projection @ self.center)
+            return F.conv2d(x, self.projection[:, :, None, None], bias), self.bank, self.scale
         center = self.bank.mean(0)
         spread = torch.sqrt(((self.bank - center) ** 2).sum(1).mean()).clamp_min(1e-12)
-        q = (descriptors(t8, t16) - center[None, :, None, None]) / spread
-        bank = (self.bank - center) / spread
+        return (x - center[None, :, None, None]) / spread, (self.bank - center) / spread, spread
+
+    def distance(self, t8: Tensor, t16: Tensor) -> Tensor:
+        """[B, 1, H/stride, W/stride] L2 distance of each location to its nearest bank descriptor (unweighted)."""
+        return self.nearest(self.describe(t8, t16))
+
+    def nearest(self, x: Tensor) -> Tensor:
+        """`distance` for descriptors x [B, channels, h, w] (`describe`) computed already."""
+        q, bank, scale = self.frame(x)
         b_, _, h, w = q.shape
         best = None
         for i in range(0, bank.shape[0], CHUNK):
@@ -83,10 +150,33 @@ class Memory(nn.Module):
             plane = score.permute(0, 2, 3, 1).reshape(b_, 1, h * w, b.shape[0])
             m = F.max_pool2d(plane, (1, b.shape[0])).reshape(b_, 1, h, w)
             best = m if best is None else torch.maximum(best, m)
-        return spread * torch.sqrt(torch.relu((q * q).sum(dim=1, keepdim=True) - best))  # type: ignore[operator]
+        return scale * torch.sqrt(torch.relu((q * q).sum(dim=1, keepdim=True) - best))  # type: ignore[operator]
 
     def forward(self, t8: Tensor, t16: Tensor) -> Tensor:
         return self.weight * self.distance(t8, t16)
+
+
+def principal_axes(x: Tensor, dims: int, batch: int = 1 << 18) -> tuple[Tensor, Tensor, float]:
+    """(center [C], projection [dims, C], scale) of rows x [n, C]: the mean,
+    the `dims` principal axes (eigenvectors of the covariance with the
+    largest eigenvalues) divided by `scale`, the RMS distance of the
+    projected rows from the centre. Accumulated in float64, `batch` rows at
+    a time, so that 1.4 M rows of 152 need no copy of x."""
+    n, c = x.shape
+    center = sum(x[i:i + batch].double().sum(0) for i in range(0, n, batch)) / n
+    cov = torch.zeros(c, c, dtype=torch.float64)
+    for i in range(0, n, batch):
+        d = x[i:i + batch].double() - center
+        cov += d.T @ d
+    values, vectors = torch.linalg.eigh(cov / n)  # ascending
+    axes = vectors[:, -dims:].flip(1).T  # [dims, C], largest first
+    scale = float(torch.sqrt(values[-dims:].clamp_min(0).sum()).clamp_min(1e-12))
+    return center.float(), (axes / scale).float(), scale
+
+
+def project(x: Tensor, center: Tensor, projection: Tensor, batch: int = 1 << 18) -> Tensor:
+    """Rows x [n, C] in the projected frame [n, dims]."""
+    return torch.cat([(x[i:i + batch] - center) @ projection.T for i in range(0, x.shape[0], batch)])
 
 
 def coreset(x: Tensor, size: int, rng: np.random.Generator, batch: int = 256, pool: int = 4096) -> Tensor:

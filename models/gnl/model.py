@@ -59,6 +59,12 @@ class GNLConfig:
     # Descriptors in the memory of normal patches (gnl/memory.py); 0: none,
     # which is how checkpoints from before the option load.
     memory_size: int = 0
+    # Principal axes the memory's descriptors are projected onto
+    # (gnl/memory.py); 0: the full descriptor, as checkpoints from before.
+    memory_dims: int = 0
+    # Where the memory compares: 8 (every stride-8 location, as checkpoints
+    # from before) or 16 (descriptors 2x2-averaged: a quarter of the cost).
+    memory_stride: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,6 +75,8 @@ class GNLConfig:
             raise ValueError(f"student_width must be 1..8 (a multiple of RD4AD's inner width), got {self.student_width}")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0 (0: no memory), got {self.memory_size}")
+        if self.memory_dims < 0:
+            raise ValueError(f"memory_dims must be >= 0 (0: the full descriptor), got {self.memory_dims}")
 
     @property
     def seg_head(self) -> bool:
@@ -264,7 +272,8 @@ class GNL(nn.Module):
         self.bottleneck = OneClassBottleneck(channels, embed, blocks)
         self.student = StudentDecoder(embed, channels, blocks, config.student_width)
         self.segmentation = SegmentationNet(sum(channels), config.seg_width) if config.seg_head else None
-        self.memory = Memory(config.memory_size, channels[1] + channels[2]) if config.memory_size else None
+        self.memory = (Memory(config.memory_size, channels[1] + channels[2], config.memory_dims, config.memory_stride)
+                       if config.memory_size else None)
 
     def train(self, mode: bool = True) -> GNL:
         """Switch modes but keep the teacher in eval (its BatchNorm stays frozen)."""

@@ -5,7 +5,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
             [--epochs 200] [--patience 4] [--steps-per-epoch N] [--image-size 256]
             [--batch 16] [--seed 111] [--seg-steps 600] [--max-minutes 75]
             [--student-width N] [--seg-lr-schedule constant|cosine] [--stroke-share 0]
-            [--seg-augment 0.5] [--memory 32768]
+            [--seg-augment 0.5] [--memory 16384] [--memory-dims 48] [--memory-stride 16]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
 
@@ -30,7 +30,11 @@ descriptors of the training images, clean and in augmented views (greedy
 k-centre selection, as PatchCore), as a memory whose
 nearest-neighbour distance map is added to the map (gnl/memory.py: the
 trained student holds less of a line's normal variety than its teacher's
-features show; `--memory 0` leaves it out).
+features show; `--memory 0` leaves it out). `--memory-dims D` projects the
+descriptors onto their D principal axes (fit on the same normal candidates)
+before the pick and the distances, which makes the memory D/152 as costly
+per descriptor; `--memory-stride 16` compares 2x2-averaged descriptors, a
+quarter of the locations.
 
 Stage 1 runs until it converges: after every epoch the mean stage-1 loss
 and the mean image score of the held-back normal images (distance map only)
@@ -75,8 +79,9 @@ from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precisio
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.holdout import HOLDOUT_FRACTION, MIN_HELD_OUT, export_calibration, split_holdout
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
+from gnl.memory import STRIDES as MEMORY_STRIDES
 from gnl.memory import VIEWS as MEMORY_VIEWS
-from gnl.memory import balance_weight, coreset, descriptors
+from gnl.memory import balance_weight, describe
 from gnl.model import GNL, METHODS, GNLConfig, build_model, default_student_width
 from gnl.preprocess import BLUR_SIGMA, IMAGE_SIZE, InputSpec, postprocess, read_bgr, to_tensor
 from gnl.synth import synthesize
@@ -106,7 +111,9 @@ SEG_LR_SCHEDULES = ("constant", "cosine")
 SEG_LR_SCHEDULE = "constant"
 STROKE_SHARE = 0.0  # of the synthetic anomalies (stage 2 and calibration) drawn as thin strokes
 SEG_AUGMENT = 0.5  # of the stage-2 images given stage 1's augmentation before the anomaly, as stage 1's views
-MEMORY = 32768  # descriptors in the memory of normal patches (gnl/memory.py); 0: none
+MEMORY = 16384  # descriptors in the memory of normal patches (gnl/memory.py); 0: none
+MEMORY_DIMS = 48  # principal axes the memory's descriptors are projected onto; 0: none
+MEMORY_STRIDE = 16  # where the memory compares descriptors (gnl/memory.py: 8 or 16)
 
 
 class FitError(RuntimeError):
@@ -167,6 +174,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--memory", type=_int_at_least(0), default=None,
       help=f"descriptors in the memory of normal patches added to the map (gnl/memory.py); 0: none "
            f"(default: {MEMORY}; with --resume, the checkpoint's)")
+    a("--memory-dims", type=_int_at_least(0), default=None,
+      help=f"project the memory's descriptors onto this many principal axes of the normal ones; 0: "
+           f"the full descriptor (default: {MEMORY_DIMS}; with --resume, the checkpoint's)")
+    a("--memory-stride", type=int, choices=MEMORY_STRIDES, default=None,
+      help=f"where the memory compares: at every stride-8 location, or (16) at 2x2-averaged descriptors, a "
+           f"quarter of the cost (default: {MEMORY_STRIDE}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -225,16 +238,31 @@ def image_scores(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, batc
     return np.array(scores)
 
 
-def memory_candidates(images: int, image_size: int) -> int:
+def memory_candidates(images: int, image_size: int, stride: int = 8) -> int:
     """Descriptors the memory picks from: each training image, clean and in
-    MEMORY_VIEWS augmented views, at stride 8."""
-    return images * (1 + MEMORY_VIEWS) * (image_size // 8) ** 2
+    MEMORY_VIEWS augmented views, at the memory's stride."""
+    return images * (1 + MEMORY_VIEWS) * (image_size // stride) ** 2
 
 
-def memory_size(asked: int | None, images: int, image_size: int) -> int:
+def memory_candidate_rows(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, rng: np.random.Generator,
+                          rotation_fill: int, stride: int = 8) -> torch.Tensor:
+    """[n, channels]: the teacher's descriptors of each image, clean and in
+    MEMORY_VIEWS augmented views (stage 1's augmentation, drawn from rng),
+    at every location of the memory's stride (Memory.describe)."""
+    device = next(model.parameters()).device
+    rows: list[torch.Tensor] = []
+    for i in tqdm(range(0, len(images), CACHE_BATCH), desc="memory", disable=None, leave=False):
+        views = [v for im in images[i:i + CACHE_BATCH]
+                 for v in (im, *(augment(im, rng, rotation_fill) for _ in range(MEMORY_VIEWS)))]
+        t = model.teacher(to_batch(views, spec, device))
+        rows.append(describe(t[1].float(), t[2].float(), stride).flatten(2).transpose(1, 2).flatten(0, 1).cpu())
+    return torch.cat(rows)
+
+
+def memory_size(asked: int | None, images: int, image_size: int, stride: int = 8) -> int:
     """`--memory`, checked against the candidates; the default (None) takes
     MEMORY or all candidates if there are fewer."""
-    have = memory_candidates(images, image_size)
+    have = memory_candidates(images, image_size, stride)
     if asked is None:
         return min(MEMORY, have)
     if asked > have:
@@ -325,10 +353,13 @@ class Trainer:
         self.rng = np.random.default_rng(args.seed)
         self.seg_rng = np.random.default_rng([args.seed, SEG_STREAM])
         self.train_paths, self.held_paths = split_holdout(paths, args.seed)
+        stride = MEMORY_STRIDE if args.memory_stride is None else args.memory_stride
         try:
             model_cfg = GNLConfig(backbone=args.backbone, method=args.method, image_size=args.image_size,
                                   student_width=args.student_width or default_student_width(args.backbone),
-                                  memory_size=memory_size(args.memory, len(self.train_paths), args.image_size),
+                                  memory_size=memory_size(args.memory, len(self.train_paths), args.image_size, stride),
+                                  memory_dims=MEMORY_DIMS if args.memory_dims is None else args.memory_dims,
+                                  memory_stride=stride,
                                   teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
@@ -344,8 +375,10 @@ class Trainer:
         self.history: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage2": [], "runs": []}
         self.epoch, self.seg_step = 0, 0
         if prev is not None:
-            # A memory of another size than the checkpoint's is built afresh (build_memory).
-            rebuild = prev["config"].get("memory_size", 0) != model_cfg.memory_size
+            # A memory of another size or projection than the checkpoint's is built afresh (build_memory).
+            was = prev["config"]
+            rebuild = (was.get("memory_size", 0), was.get("memory_dims", 0), was.get("memory_stride", 8)) != (
+                model_cfg.memory_size, model_cfg.memory_dims, model_cfg.memory_stride)
             self.model.load_trainable_state_dict(prev["state_dict"], without_memory=rebuild)
             self.opt_distill.load_state_dict(prev["optimizer"]["distill"])
             if self.opt_seg is not None:
@@ -541,21 +574,13 @@ class Trainer:
             return
         t0 = time.monotonic()
         rng = np.random.default_rng([self.args.seed, MEMORY_STREAM])
-        rows: list[torch.Tensor] = []
         self.model.eval()
         with torch.no_grad():
-            for i in tqdm(range(0, len(self.images), CACHE_BATCH), desc="memory", disable=None, leave=False):
-                batch = self.images[i:i + CACHE_BATCH]
-                views = [v for im in batch for v in (im, *(augment(im, rng, self.args.rotation_fill)
-                                                         for _ in range(MEMORY_VIEWS)))]
-                t = self.model.teacher(to_batch(views, self.spec, self.device))
-                rows.append(descriptors(t[1].float(), t[2].float()).flatten(2).transpose(1, 2).flatten(0, 1))
-            candidates = torch.cat(rows)
-            del rows
+            candidates = memory_candidate_rows(self.model, self.images, self.spec, rng, self.args.rotation_fill,
+                                               mem.stride)
             t1 = time.monotonic()
-            keep = coreset(candidates, mem.bank.shape[0], rng)
+            mem.fill(candidates, rng)
             self.run_record["coreset_seconds"] = round(time.monotonic() - t1, 1)
-        mem.set_bank(candidates[keep])
         del candidates
         main = image_scores(self.model, self.held_images, self.spec, self.args.batch)  # weight 0: the GNL map
         mem.weight.fill_(1.0)
@@ -645,6 +670,10 @@ def fit(args: argparse.Namespace) -> None:
             args.seg_augment = c.get("seg_augment", 0.0)  # checkpoints from before it augmented no stage-2 image
         if args.memory is None:
             args.memory = c.get("memory_size", 0)  # checkpoints from before the memory had none
+        if args.memory_dims is None:
+            args.memory_dims = c.get("memory_dims", 0)
+        if args.memory_stride is None:
+            args.memory_stride = c.get("memory_stride", 8)
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:

@@ -208,3 +208,30 @@ def test_memory_stays_float_and_matches_torch(tmp_path, calib) -> None:
         got = runner.raw_map(bgr)
         assert float(mem.max()) > 0.1  # the memory adds to the map
         assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15
+
+
+def test_projected_memory_exports_and_matches_torch(tmp_path, calib) -> None:
+    """A memory projected onto principal axes (gnl fit --memory-dims) exports
+    as one more 1x1 convolution before the distances; model.json names its dims."""
+    from gnl.memory import descriptors
+    from gnl.model import GNLConfig, build_model
+
+    torch.manual_seed(1)
+    model = build_model(GNLConfig(image_size=64, memory_size=256, memory_dims=16)).eval()
+    spec = preprocess.InputSpec(64, 64, mean=model.teacher.mean, std=model.teacher.std)
+    x = torch.from_numpy(np.stack([preprocess.to_tensor(preprocess.read_bgr(p), spec) for p in calib]))
+    with torch.no_grad():
+        t = model.teacher(x)
+        model.memory.fill(descriptors(t[1], t[2]).flatten(2).transpose(1, 2).flatten(0, 1), np.random.default_rng(0))
+    model.memory.weight.fill_(0.5)
+    config = {**CONFIG, "backbone": "efficientnet-lite0", "memory_size": 256, "memory_dims": 16}
+    out = export_model(model, tmp_path, calib[:2], config)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["memory"] == {"size": 256, "dims": 16, "weight": 0.5}
+    runner = Runner(out)
+    for p in calib:
+        bgr = preprocess.read_bgr(p)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
+        got = runner.raw_map(bgr)
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15

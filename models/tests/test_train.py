@@ -244,15 +244,17 @@ def test_seg_augment_augments_the_heads_images(tmp_path: Path) -> None:
 
 def test_fit_builds_the_memory_from_training_images_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The default memory takes every candidate on a tiny data set (4 images x
-    2 views x 8x8 locations < train.MEMORY); its rows are the teacher's
-    descriptors of training images, never of the held-back ones."""
-    from gnl.memory import descriptors
+    2 views x 4x4 locations at stride 16 < train.MEMORY); its rows are the
+    teacher's descriptors of training images, projected, never of the
+    held-back ones."""
+    from gnl.memory import project
 
     data, out = _dataset(tmp_path / "data"), tmp_path / "out"
     assert train.run(_args(data, out)) == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     bank, weight = ckpt["state_dict"]["memory.bank"], float(ckpt["state_dict"]["memory.weight"])
-    assert ckpt["config"]["memory_size"] == train.memory_candidates(4, 64) == 512 == len(bank)
+    assert (ckpt["config"]["memory_dims"], ckpt["config"]["memory_stride"]) == (train.MEMORY_DIMS, train.MEMORY_STRIDE)
+    assert ckpt["config"]["memory_size"] == train.memory_candidates(4, 64, 16) == 128 == len(bank)
     assert weight > 0 and json.loads((out / "train.json").read_text())["runs"][-1]["memory_weight"] == weight
     model = load_checkpoint(out / "checkpoint.pt")
     paths = sorted((data / "train" / "good").iterdir())
@@ -264,7 +266,8 @@ def test_fit_builds_the_memory_from_training_images_only(tmp_path: Path, capsys:
         with torch.no_grad():
             t = model.teacher(train.to_batch(imgs, train.InputSpec(64, 64, mean=model.teacher.mean,
                                                                    std=model.teacher.std)))
-        d = descriptors(t[1], t[2]).flatten(2).transpose(1, 2).flatten(0, 1)
+        d = model.memory.describe(t[1], t[2]).flatten(2).transpose(1, 2).flatten(0, 1)
+        d = project(d, model.memory.center, model.memory.projection)
         return torch.cdist(d.double(), bank.double()).min(1).values
 
     assert len(held) == 2
@@ -276,9 +279,9 @@ def test_fit_builds_the_memory_from_training_images_only(tmp_path: Path, capsys:
     assert not any(k.startswith("memory.") for k in
                    torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)["state_dict"])
     capsys.readouterr()
-    assert train.run(_args(data, tmp_path / "big", "--memory", "513")) == 2
+    assert train.run(_args(data, tmp_path / "big", "--memory", "129")) == 2
     err = capsys.readouterr().err
-    assert "--memory 513" in err and "use --memory 512 or less" in err
+    assert "--memory 129" in err and "use --memory 128 or less" in err
 
     # Resuming a checkpoint without a memory, asking for one, adds it and leaves the rest.
     before = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)["state_dict"]
@@ -286,3 +289,14 @@ def test_fit_builds_the_memory_from_training_images_only(tmp_path: Path, capsys:
     after = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)
     assert after["config"]["memory_size"] == 100 and float(after["state_dict"]["memory.weight"]) > 0
     assert all(torch.equal(before[k], after["state_dict"][k]) for k in before)
+
+    # Another projection is another memory: resuming with --memory-dims builds it afresh, projected.
+    assert train.run(_args(data, tmp_path / "none", "--resume", "--memory-dims", "8")) == 0
+    proj = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=True)
+    state = proj["state_dict"]
+    assert (proj["config"]["memory_size"], proj["config"]["memory_dims"]) == (100, 8)
+    assert proj["config"]["memory_stride"] == after["config"]["memory_stride"] == train.MEMORY_STRIDE
+    assert state["memory.bank"].shape == (100, 8) and state["memory.projection"].shape == (8, 152)
+    assert float(state["memory.weight"]) > 0
+    assert not torch.equal(state["memory.weight"], after["state_dict"]["memory.weight"])
+    assert all(torch.equal(before[k], state[k]) for k in before)
