@@ -106,16 +106,19 @@ func New(b *models.Bundle, opt runtime.Options) (*Pipeline, error) {
 // model.json (sizes, types, input quantization), because the lookup tables
 // and the post-processing are built from model.json.
 //
-// A bundle with a memory of normal patches from before projected memories
-// (model.json's memory without "dims") runs on XNNPACK when the GPU
-// delegate is asked for, with one warning: on Mesa's rusticl the GPU
-// delegate's maps of such a bundle are half their range off the CPU's
-// (runtime.TestGPUParity), and a wrong map is a wrong verdict.
+// A bundle with a full-width memory of normal patches (model.json's memory
+// without "dims": exported before memories were projected) runs on XNNPACK
+// when the GPU delegate is asked for, with one warning: its descriptors'
+// 3x3 mean is an AVERAGE_POOL_2D, whose padding TFLite's GPU delegate gets
+// wrong (on Mesa's rusticl its maps were 0.61 of their range off the
+// CPU's), and a wrong map is a wrong verdict. Projected memories write
+// that mean as a depthwise convolution (gnl/memory.py: mean3x3), which the
+// GPU delegate reproduces (runtime.TestGPUParity).
 func Load(b *models.Bundle, opt runtime.Options, interpreters int) (*Model, error) {
 	if d, err := runtime.ParseDelegate(opt.Delegate); err == nil && d == runtime.GPU && b.Meta.Memory != nil && b.Meta.Memory.Dims == 0 {
 		slog.Warn("delegate not applied, running on "+runtime.XNNPACK+" instead", "model", b.ModelPath, "delegate", d,
 			"err", "the bundle has a full-width memory of normal patches, whose maps TFLite's GPU delegate does not reproduce; "+
-				"gnld runs it on the CPU (XNNPACK); re-export it with a projected memory (gnl fit --memory-dims) to run it on the GPU")
+				"gnld runs it on the CPU (XNNPACK); rebuild its memory with gnl fit --resume --memory-dims 48 to run it on the GPU")
 		opt.Delegate = runtime.XNNPACK
 	}
 	loaded, err := runtime.LoadModel(b.ModelPath)
