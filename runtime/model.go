@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 
 	tflite "github.com/mattn/go-tflite"
 )
@@ -26,16 +27,11 @@ type Model struct {
 	path  string
 	model *tflite.Model
 	cache *C.struct_TfLiteXNNPackDelegateWeightsCache
-	refs  int // the Model's own hold and its open interpreters; NewInterpreters and Close run on one goroutine, interpreters close on any
 	made  bool
-	mu    chanMutex
+
+	mu   sync.Mutex
+	refs int // the Model's own hold and its open interpreters, which close on any goroutine
 }
-
-// chanMutex is a mutex an interpreter's Close can take from any goroutine.
-type chanMutex chan struct{}
-
-func (m chanMutex) lock()   { m <- struct{}{} }
-func (m chanMutex) unlock() { <-m }
 
 // LoadModel reads and checks the model file at modelPath (see New for the
 // errors it gives).
@@ -57,7 +53,7 @@ func LoadModel(modelPath string) (*Model, error) {
 	if model == nil {
 		return nil, fmt.Errorf("%s: not a TensorFlow Lite flatbuffer (truncated or corrupt?); re-export the bundle with `gnl export`", modelPath)
 	}
-	return &Model{path: modelPath, model: model, cache: C.TfLiteXNNPackDelegateWeightsCacheCreate(), refs: 1, mu: make(chanMutex, 1)}, nil
+	return &Model{path: modelPath, model: model, cache: C.TfLiteXNNPackDelegateWeightsCacheCreate(), refs: 1}, nil
 }
 
 // NewInterpreters makes n interpreters of the model with opt, sharing its
@@ -108,9 +104,9 @@ func (m *Model) build(threads int, d string, n int) ([]*Interpreter, error) {
 		if err != nil {
 			return fail(err)
 		}
-		m.mu.lock()
+		m.mu.Lock()
 		m.refs++
-		m.mu.unlock()
+		m.mu.Unlock()
 		ip.shared = m
 		if ip, err = ip.check(m.path); err != nil {
 			return fail(err)
@@ -128,10 +124,10 @@ func (m *Model) build(threads int, d string, n int) ([]*Interpreter, error) {
 func (m *Model) Close() { m.release() }
 
 func (m *Model) release() {
-	m.mu.lock()
+	m.mu.Lock()
 	m.refs--
 	last := m.refs == 0
-	m.mu.unlock()
+	m.mu.Unlock()
 	if !last {
 		return
 	}

@@ -63,13 +63,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *model == "" || len(pos) > 0 || *n < 1 {
 		return usageError{"bench needs --model BUNDLE, --n >= 1 and no positional arguments"}
 	}
-	var threads []int
-	for _, s := range strings.Split(*threadList, ",") {
-		t, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || t < 1 {
-			return usageError{fmt.Sprintf("--threads %q: want positive integers like 1,2", *threadList)}
-		}
-		threads = append(threads, t)
+	threads, err := positiveInts("threads", *threadList, "1,2")
+	if err != nil {
+		return err
 	}
 	var delegates []string
 	for _, d := range strings.Split(*delegateList, ",") {
@@ -80,13 +76,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		delegates = append(delegates, d)
 	}
 	if *cameraList != "" {
-		var counts []int
-		for _, s := range strings.Split(*cameraList, ",") {
-			k, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || k < 1 {
-				return usageError{fmt.Sprintf("--cameras %q: want positive integers like 1,2,4,8", *cameraList)}
-			}
-			counts = append(counts, k)
+		counts, err := positiveInts("cameras", *cameraList, "1,2,4,8")
+		if err != nil {
+			return err
 		}
 		opt := runtime.Options{Threads: threads[0], Delegate: delegates[0]}
 		if !*inProcess {
@@ -143,6 +135,20 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// positiveInts parses flag --name's comma-separated list of positive
+// integers (like example).
+func positiveInts(name, list, example string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || v < 1 {
+			return nil, usageError{fmt.Sprintf("--%s %q: want positive integers like %s", name, list, example)}
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 func msStr(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) + "ms" }
