@@ -260,9 +260,6 @@ func (p *Pipeline) Delegate() string { return p.model.Delegate() }
 // Placement says how many nodes each delegate took and the model's MACs.
 func (p *Pipeline) Placement() runtime.Placement { return p.model.Placement() }
 
-// Model is the shared model the pipeline runs.
-func (p *Pipeline) Model() *Model { return p.model }
-
 // ErrFrame is wrapped by errors about unusable frames (empty, wrong type):
 // the camera's problem, not the model's.
 var ErrFrame = errors.New("unusable frame")
