@@ -214,7 +214,8 @@ func TestDeb(t *testing.T) {
 	contents := run(t, ".", nil, "dpkg-deb", "--contents", deb1)
 	for _, want := range []string{"./usr/bin/gnld", "./usr/bin/gnlctl", "./usr/lib/systemd/system/gnld.service",
 		"./usr/lib/sysusers.d/gnld.conf", "./usr/share/gnld/model/model.tflite", "./usr/share/gnld/model/model.json",
-		"./etc/gnld/gnld.env", "./usr/share/doc/gnld/CONFIG.md", "./usr/share/doc/gnld/copyright"} {
+		"./etc/gnld/gnld.env", "./usr/share/doc/gnld/docs/CONFIG.md", "./usr/share/doc/gnld/docs/INSTALL.md",
+		"./usr/share/doc/gnld/models/BUNDLE.md", "./usr/share/doc/gnld/README.md", "./usr/share/doc/gnld/copyright"} {
 		if !regexp.MustCompile(`root/root .* ` + regexp.QuoteMeta(want) + `\n`).MatchString(contents + "\n") {
 			t.Errorf("package lacks %s (owned by root)", want)
 		}
