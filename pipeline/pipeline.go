@@ -153,10 +153,14 @@ func Load(b *models.Bundle, opt runtime.Options, interpreters int) (*Model, erro
 }
 
 // Interpreters is how many interpreters `cameras` cameras on one Model
-// share by default: one per camera, up to one per `threads` cores, so that
-// cameras are scored side by side as far as the cores allow, and further
-// cameras cost a frame's buffers, not a copy of the model.
-func Interpreters(cameras, threads int) int {
+// share: the setting (GNLD_INTERPRETERS) when it is positive, else one per
+// camera, up to one per `threads` cores, so that cameras are scored side
+// by side as far as the cores allow, and further cameras cost a frame's
+// buffers, not a copy of the model.
+func Interpreters(setting, cameras, threads int) int {
+	if setting > 0 {
+		return setting
+	}
 	return max(1, min(cameras, goruntime.NumCPU()/max(threads, 1)))
 }
 

@@ -229,10 +229,13 @@ func TestCamerasShareOneInterpreter(t *testing.T) {
 	if m.all != nil {
 		t.Error("the interpreters are still open after the Model and every pipeline closed")
 	}
-	if n := Interpreters(8, 1); n < 1 || n > 8 {
-		t.Errorf("Interpreters(8 cameras, 1 thread) = %d", n)
+	if n := Interpreters(0, 8, 1); n < 1 || n > 8 {
+		t.Errorf("Interpreters(default, 8 cameras, 1 thread) = %d", n)
 	}
-	if n := Interpreters(1, 1); n != 1 {
-		t.Errorf("Interpreters(1 camera) = %d, want 1", n)
+	if n := Interpreters(0, 1, 1); n != 1 {
+		t.Errorf("Interpreters(default, 1 camera) = %d, want 1", n)
+	}
+	if n := Interpreters(3, 8, 1); n != 3 {
+		t.Errorf("Interpreters(setting 3, 8 cameras) = %d, want 3", n)
 	}
 }

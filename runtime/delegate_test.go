@@ -53,9 +53,9 @@ type testBundle struct {
 	int8 bool // quantized operators inside (int8 or mixed)
 	// fullMemory: the map holds a full-width memory of normal patches
 	// (model.json's memory without dims); gnld's pipeline runs such a
-	// bundle on XNNPACK when asked for the GPU delegate, because on rusticl
-	// the GPU delegate's maps of one were 0.50 of their range off the
-	// builtin kernels' (in fp16 and in fp32 alike).
+	// bundle on XNNPACK when asked for the GPU delegate, because its
+	// descriptors' 3x3 mean is an AVERAGE_POOL_2D whose padding the GPU
+	// delegate gets wrong (on rusticl: maps 0.61 of their range off).
 	fullMemory bool
 	memory     bool // any memory of normal patches
 }

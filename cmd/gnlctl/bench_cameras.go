@@ -93,9 +93,7 @@ func benchCamerasHere(ctx context.Context, model string, k int, opt runtime.Opti
 	if err != nil {
 		return camerasResult{}, err
 	}
-	if interpreters < 1 {
-		interpreters = pipeline.Interpreters(k, opt.Threads)
-	}
+	interpreters = pipeline.Interpreters(interpreters, k, opt.Threads)
 	m, err := pipeline.Load(b, opt, interpreters)
 	if err != nil {
 		return camerasResult{}, err
@@ -119,7 +117,6 @@ func benchCamerasHere(ctx context.Context, model string, k int, opt runtime.Opti
 	errs := make([]error, k)
 	var ready, done sync.WaitGroup
 	start := make(chan struct{})
-	var t0 time.Time
 	ready.Add(k)
 	done.Add(k)
 	for i := range k {
@@ -148,7 +145,7 @@ func benchCamerasHere(ctx context.Context, model string, k int, opt runtime.Opti
 		}()
 	}
 	ready.Wait()
-	t0 = time.Now()
+	t0 := time.Now()
 	close(start)
 	done.Wait()
 	wall := time.Since(t0)

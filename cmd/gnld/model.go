@@ -68,7 +68,7 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 	d.logDrift(b)
 	t1 := time.Now()
 	shared, err := pipeline.Load(b, runtime.Options{Threads: d.cfg.Threads, Delegate: d.cfg.Delegate},
-		interpreters(d.cfg.Interpreters, len(d.cfg.cameras), d.cfg.Threads))
+		pipeline.Interpreters(d.cfg.Interpreters, len(d.cfg.cameras), d.cfg.Threads))
 	if err != nil {
 		return nil, nil, lt, fmt.Errorf("model %s: %w", b.ModelPath, err)
 	}
@@ -96,15 +96,6 @@ func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
 		lt.warmup += time.Since(t2)
 	}
 	return b, out, lt, nil
-}
-
-// interpreters is how many interpreters the cameras on one model share:
-// the setting, else pipeline.Interpreters' choice.
-func interpreters(setting, cameras, threads int) int {
-	if setting > 0 {
-		return setting
-	}
-	return pipeline.Interpreters(cameras, threads)
 }
 
 // newScorer makes camera cc's pipeline on shared (bundle b) with its

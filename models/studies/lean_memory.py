@@ -81,7 +81,6 @@ def main() -> int:
     ap.add_argument("--variants", default=VARIANTS, help="SIZExDIMS,... (DIMS 0: the full descriptor)")
     ap.add_argument("--out", type=Path, default=Path("out/study/lean_memory.json"))
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     loaded = load_model(args.checkpoint)
     model, spec = loaded.scorer.model, loaded.scorer.spec
     cfg = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["config"]
