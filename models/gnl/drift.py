@@ -62,6 +62,7 @@ PRESIZE = 2 * ANALYSIS_SIZE
 THUMB_SIZE = 8
 ORIENTATION_BINS = 8
 BLACK_PERCENTILE = 0.005
+POLICY_STREAM = 6  # the drift policy's views of the training images: default_rng([seed, POLICY_STREAM])
 QUANTILES = (0.005, 0.05, 0.16, 0.5, 0.84, 0.95, 0.995)
 
 # Features in drift.json order. Two-sided: both directions are drift;
@@ -159,13 +160,22 @@ def _summary(name: str, values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def image_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
+def image_stats(paths: Sequence[str | Path], drift_policy: str = "legacy", seed: int = 0) -> dict[str, Any]:
     """Statistics of the images at `paths` (the training images) for drift.json:
     one summary per image feature, the mean orientation histogram and the
-    thumbnails that `layout` is measured against."""
+    thumbnails that `layout` is measured against. Unless the bundle's drift
+    policy is legacy, each image also counts in one view of the policy
+    (gnl/policy.py, at the model's input size PRESIZE), so that drift the
+    model was trained to take as normal stays inside the normal range."""
+    from gnl import policy
+
     if len(paths) < 2:
         raise DriftError(f"{len(paths)} image(s); drift statistics need at least 2 training images")
-    feats = [raw_features(_read(p)) for p in paths]
+    images = [_read(p) for p in paths]
+    if drift_policy != policy.LEGACY:
+        view, rng = policy.view_fn(drift_policy), np.random.default_rng([seed, POLICY_STREAM])
+        images += [view(cv2.resize(im, (PRESIZE, PRESIZE), interpolation=cv2.INTER_LINEAR), rng) for im in images]
+    feats = [raw_features(im) for im in images]
     hists = np.stack([f["orientation_hist"] for f in feats])
     raw_thumbs = np.stack([f["thumbnail"] for f in feats])
     thumbs = np.stack([normalise(t) for t in raw_thumbs])
@@ -176,7 +186,7 @@ def image_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
     # the same scene has to its nearest training image.
     features["layout"] = _summary("layout", layout_distances(thumbs, thumbs, exclude_self=True).tolist())
     return {
-        "images": len(paths),
+        "images": len(paths), "policy_views": len(images) - len(paths),
         "features": features,
         "orientation_mean": mean_hist.round(6).tolist(),
         # 64 hex-coded bytes per image: 8x8 grey, row-major.
@@ -206,11 +216,22 @@ def features(bgr: np.ndarray, stats: dict[str, Any]) -> dict[str, float]:
 
 
 def held_back_scores(bundle: Path, paths: Sequence[Path]) -> list[float]:
-    """Scores of `paths` by the bundle's own model.tflite (as gnld scores them)."""
+    """Scores of `paths`, and of the drift policy's views of them that the
+    threshold saw (gnl/export.py: policy_views), by the bundle's own
+    model.tflite (as gnld scores them)."""
+    from gnl.export import policy_views
     from gnl.tflite_runner import Runner
 
+    meta = json.loads((bundle / "model.json").read_text())
     runner = Runner(bundle)
-    return [runner.predict(_read(p))[1] for p in paths]
+    size = (int(meta["input"]["width"]), int(meta["input"]["height"]))
+    views = policy_views(list(paths), size, _policy(meta), int(meta.get("training", {}).get("seed", 0)))
+    return [runner.predict(im)[1] for im in [*(_read(p) for p in paths), *views]]
+
+
+def _policy(meta: dict[str, Any]) -> str:
+    """The bundle's drift policy name (bundles from before policies: legacy)."""
+    return (meta.get("drift_policy") or {}).get("name", "legacy")
 
 
 def write_drift(bundle: str | Path, train_paths: Sequence[str | Path],
@@ -224,11 +245,14 @@ def write_drift(bundle: str | Path, train_paths: Sequence[str | Path],
     stats: dict[str, Any] = {"format_version": FORMAT_VERSION, "presize": PRESIZE, "analysis_size": ANALYSIS_SIZE,
                              "thumb_size": THUMB_SIZE, "orientation_bins": ORIENTATION_BINS,
                              "black_percentile": BLACK_PERCENTILE, "data_fingerprint": fingerprint}
-    stats.update(image_stats(list(train_paths)))
+    meta = json.loads((bundle / "model.json").read_text())
+    stats["drift_policy"] = _policy(meta)
+    stats.update(image_stats(list(train_paths), _policy(meta), int(meta.get("training", {}).get("seed", 0))))
     if held_back:
         stats["features"]["score"] = score_stats(held_back_scores(bundle, [Path(p) for p in held_back]),
-                                                 f"{len(held_back)} normal images held back from training, "
-                                                 "scored by this bundle's model")
+                                                 f"{len(held_back)} normal images held back from training "
+                                                 "(and the drift policy's views of them that the threshold "
+                                                 "saw), scored by this bundle's model")
     out = bundle / DRIFT_FILE
     out.write_text(json.dumps(stats, indent=1) + "\n")
     return out

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gnl import preprocess, threshold
+from gnl import policy, preprocess, threshold
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -164,11 +164,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _image_scores(model_path: Path, spec: preprocess.InputSpec, paths: list[Path]) -> list[float]:
+def _image_scores(model_path: Path, spec: preprocess.InputSpec, images: list[Path] | list[np.ndarray]) -> list[float]:
     from gnl.tflite_runner import Runner
 
     runner = Runner.from_model(model_path, spec)
-    return [runner.predict(preprocess.read_bgr(p))[1] for p in paths]
+    return [runner.predict(preprocess.read_bgr(p) if isinstance(p, Path) else p)[1] for p in images]
+
+
+def policy_views(paths: list[Path], size: tuple[int, int], drift_policy: str, seed: int) -> list[np.ndarray]:
+    """The drift policy's views of the held-back images that the threshold
+    also sees (gnl/policy.py): each resized to the model's input, as training
+    saw it, then THRESHOLD_VIEWS views drawn from the threshold's stream."""
+    count = policy.threshold_views(drift_policy)
+    if not count:
+        return []
+    view = policy.view_fn(drift_policy)
+    rng = np.random.default_rng([seed, policy.THRESHOLD_STREAM])
+    images = [cv2.resize(preprocess.read_bgr(p), size, interpolation=cv2.INTER_LINEAR) for p in paths]
+    return [view(im, rng) for im in images for _ in range(count)]
 
 
 def _memory_json(model: nn.Module) -> dict[str, Any]:
@@ -224,7 +237,12 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
         scores = _image_scores(model_path, spec, threshold_images if held else calib_images)
         if len(scores) < 2:
             raise ValueError(f"{len(scores)} normal image(s) to set the threshold from; give at least 2")
-        threshold_info = threshold.threshold_info(scores, "normal" if held else "calibration")
+        name = config.get("drift_policy", policy.LEGACY)
+        views = policy_views(threshold_images, (width, height), name, int(config.get("seed", 0))) if held else []
+        in_views = _image_scores(model_path, spec, views)
+        threshold_info = threshold.threshold_info(scores + in_views, "normal" if held else "calibration")
+        threshold_info.update({"normal_images": len(scores), "policy": name, "policy_views": len(in_views),
+                               "clean": threshold.gumbel_threshold(scores)})
 
     sha = _sha256(model_path)
     meta = {
@@ -245,6 +263,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
             "quantization": out_quant, "meaning": MAP_MEANING_MEMORY if config.get("memory_size") else MAP_MEANING,
         },
         **_memory_json(model),
+        "drift_policy": policy.describe(config.get("drift_policy", policy.LEGACY)),
         "postprocess": {"resize": "linear", "blur_sigma": preprocess.BLUR_SIGMA, "score": "max"},
         "threshold": threshold_info,
         "training": {

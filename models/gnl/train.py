@@ -74,7 +74,8 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from gnl.augment import FILL, augment
+from gnl import policy
+from gnl.augment import FILL
 from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.holdout import HOLDOUT_FRACTION, MIN_HELD_OUT, export_calibration, split_holdout
@@ -180,6 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--memory-stride", type=int, choices=MEMORY_STRIDES, default=None,
       help=f"where the memory compares: at every stride-8 location, or (16) at 2x2-averaged descriptors, a "
            f"quarter of the cost (default: {MEMORY_STRIDE}; with --resume, the checkpoint's)")
+    a("--drift-policy", choices=policy.POLICIES, default=None,
+      help=f"what the line's camera may drift by, learned as normal by every stage, the threshold and the "
+           f"drift monitor (gnl/policy.py): product (light, colour, focus, noise, rotation up to 20 degrees), "
+           f"product-mirrored (and flips), vand2 (the VAND 2.0 benchmark's perturbation), legacy "
+           f"(default: {policy.DEFAULT}; with --resume, the checkpoint's)")
     a("--max-minutes", type=float, default=MAX_MINUTES,
       help="time budget for both training stages (calibration and export come after)")
     a("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one, else the CPU")
@@ -245,15 +251,16 @@ def memory_candidates(images: int, image_size: int, stride: int = 8) -> int:
 
 
 def memory_candidate_rows(model: GNL, images: Sequence[np.ndarray], spec: InputSpec, rng: np.random.Generator,
-                          rotation_fill: int, stride: int = 8) -> torch.Tensor:
+                          view: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+                          stride: int = 8) -> torch.Tensor:
     """[n, channels]: the teacher's descriptors of each image, clean and in
-    MEMORY_VIEWS augmented views (stage 1's augmentation, drawn from rng),
-    at every location of the memory's stride (Memory.describe)."""
+    MEMORY_VIEWS views of the drift policy (`view`, drawn from rng), at every
+    location of the memory's stride (Memory.describe)."""
     device = next(model.parameters()).device
     rows: list[torch.Tensor] = []
     for i in tqdm(range(0, len(images), CACHE_BATCH), desc="memory", disable=None, leave=False):
         views = [v for im in images[i:i + CACHE_BATCH]
-                 for v in (im, *(augment(im, rng, rotation_fill) for _ in range(MEMORY_VIEWS)))]
+                 for v in (im, *(view(im, rng) for _ in range(MEMORY_VIEWS)))]
         t = model.teacher(to_batch(views, spec, device))
         rows.append(describe(t[1].float(), t[2].float(), stride).flatten(2).transpose(1, 2).flatten(0, 1).cpu())
     return torch.cat(rows)
@@ -297,7 +304,7 @@ def _config(args: argparse.Namespace, spec: InputSpec, model_cfg: GNLConfig,
         "focal_gamma": FOCAL_GAMMA, "holdout_fraction": HOLDOUT_FRACTION,
         "threshold_rule": THRESHOLD_RULE, "false_alarm_target": FALSE_ALARM_TARGET,
         "max_minutes": args.max_minutes, "patience": args.patience, "plateau_min_delta": PLATEAU_MIN_DELTA,
-        "rotation_fill": args.rotation_fill,
+        "rotation_fill": args.rotation_fill, "drift_policy": getattr(args, "drift_policy", None) or policy.DEFAULT,
     }
 
 
@@ -371,6 +378,7 @@ class Trainer:
         self.spec = InputSpec(args.image_size, args.image_size,
                               mean=tuple(self.model.teacher.mean), std=tuple(self.model.teacher.std))
         self.cfg = _config(args, self.spec, model_cfg, paths, data_fp)
+        self.view = policy.view_fn(self.cfg["drift_policy"], args.rotation_fill)
         self.opt_distill, self.opt_seg = _optimizers(self.model, self.cfg)
         self.history: dict[str, list[dict[str, Any]]] = {"stage1": [], "stage2": [], "runs": []}
         self.epoch, self.seg_step = 0, 0
@@ -450,7 +458,7 @@ class Trainer:
                     if plain:  # RD4AD, the baseline: clean images and the global term only.
                         teacher = [c.float() for c in cached]
                     else:
-                        views = [augment(self.images[i], self.rng, a.rotation_fill) for i in idx.tolist()]
+                        views = [self.view(self.images[i], self.rng) for i in idx.tolist()]
                         with torch.no_grad():
                             aug = model.teacher(to_batch(views, self.spec, self.device))
                         teacher = [torch.cat([c.float(), v.float()]) for c, v in zip(cached, aug)]
@@ -497,7 +505,7 @@ class Trainer:
             img = self.images[i]
             # a share of 0 draws no number, so the old seeds keep their anomalies
             if self.cfg["seg_augment"] > 0 and self.seg_rng.random() < self.cfg["seg_augment"]:
-                img = augment(img, self.seg_rng, self.args.rotation_fill)
+                img = self.view(img, self.seg_rng)
             if self.seg_rng.random() < SEG_ANOMALY_P:
                 img, mask = synthesize(img, self.seg_rng, self.cfg["stroke_share"])
             else:
@@ -576,7 +584,7 @@ class Trainer:
         rng = np.random.default_rng([self.args.seed, MEMORY_STREAM])
         self.model.eval()
         with torch.no_grad():
-            candidates = memory_candidate_rows(self.model, self.images, self.spec, rng, self.args.rotation_fill,
+            candidates = memory_candidate_rows(self.model, self.images, self.spec, rng, self.view,
                                                mem.stride)
             t1 = time.monotonic()
             mem.fill(candidates, rng)
@@ -600,15 +608,22 @@ class Trainer:
         held = self.held_images
         crng = np.random.default_rng([self.args.seed, CALIB_STREAM])
         normal = image_scores(self.model, held, self.spec, self.args.batch)
+        # The threshold also sees each held-back image in the drift policy's views.
+        vrng = np.random.default_rng([self.args.seed, policy.THRESHOLD_STREAM])
+        viewed = [self.view(im, vrng) for im in held for _ in range(policy.threshold_views(self.cfg["drift_policy"]))]
+        in_views = image_scores(self.model, viewed, self.spec, self.args.batch) if viewed else np.zeros(0)
         anomalous = [synthesize(im, crng, self.cfg["stroke_share"])[0] for im in held]
         synthetic = image_scores(self.model, anomalous, self.spec, self.args.batch)
         calibration = {
             "model": "float PyTorch checkpoint", "score": "max of the resized, blurred map (BUNDLE.md)",
             "blur_sigma": BLUR_SIGMA, "threshold_rule": THRESHOLD_RULE,
-            "false_alarm_target": FALSE_ALARM_TARGET, "threshold": gumbel_threshold(normal),
+            "false_alarm_target": FALSE_ALARM_TARGET, "drift_policy": self.cfg["drift_policy"],
+            "threshold": gumbel_threshold(np.concatenate([normal, in_views])),
+            "threshold_clean": gumbel_threshold(normal),
             "synthetic_auroc": auroc(normal, synthetic),
             "held_out": [p.name for p in self.held_paths],
-            "normal_scores": normal.round(6).tolist(), "synthetic_scores": synthetic.round(6).tolist(),
+            "normal_scores": normal.round(6).tolist(), "view_scores": in_views.round(6).tolist(),
+            "synthetic_scores": synthetic.round(6).tolist(),
         }
         (self.args.out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
         self.run_record["calibration_seconds"] = round(time.monotonic() - t0, 1)
@@ -674,6 +689,10 @@ def fit(args: argparse.Namespace) -> None:
             args.memory_dims = c.get("memory_dims", 0)
         if args.memory_stride is None:
             args.memory_stride = c.get("memory_stride", 8)
+        if args.drift_policy is None:
+            args.drift_policy = c.get("drift_policy", policy.LEGACY)  # checkpoints from before policies
+    if args.drift_policy is None:
+        args.drift_policy = policy.DEFAULT
 
     trainer = Trainer(args, paths, data_fp, prev)
     if prev is not None:
