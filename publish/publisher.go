@@ -654,7 +654,13 @@ type Result struct {
 	// (model.json), "calibration" (gnlctl calibrate) or "config"
 	// (GNLD_CAMERA_<NAME>_THRESHOLD).
 	ThresholdSource string `json:"threshold_source"`
-	Verdict         string `json:"verdict"` // "anomalous" or "normal"
+	Verdict         string `json:"verdict"` // "anomalous", "normal", or NotScored
+	// Product is the product whose model scored the frame (GNLD_MODEL_ROOT,
+	// set by a product message); absent when the camera has no product.
+	Product string `json:"product,omitempty"`
+	// Reason says why a frame was not scored (verdict NotScored): the
+	// camera's product was refused, so it has no model it can stand behind.
+	Reason string `json:"reason,omitempty"`
 	// Drift is the camera's drift state when the frame was scored: "ok",
 	// or "warning" when recent frames no longer look like the training
 	// images, so that the verdict cannot be trusted (docs/OPERATE.md,
@@ -683,6 +689,11 @@ type Latency struct {
 	// Trigger mode only: from the trigger's arrival to the result.
 	Trigger float64 `json:"trigger,omitempty"`
 }
+
+// NotScored is the verdict of a frame that no model scored: its camera's
+// product was refused (unknown, or its bundle failed its checks). Score
+// and threshold are 0 then; Reason says why.
+const NotScored = "not_scored"
 
 // Verdict turns the pipeline's decision into the payload's word.
 func Verdict(anomalous bool) string {

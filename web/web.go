@@ -145,7 +145,18 @@ type Camera struct {
 
 	lastKept     time.Time // worker only
 	snap, before atomic.Pointer[snapshot]
+	model        atomic.Pointer[cameraModel] // nil: the hub's
 }
+
+type cameraModel struct {
+	model   Model
+	product string
+}
+
+// SetModel names the model the camera scores with (its own, or its
+// product's: product, "" without one), after a model swap or a product
+// changeover.
+func (c *Camera) SetModel(m Model, product string) { c.model.Store(&cameraModel{m, product}) }
 
 // Observe records one scored frame. Call it from the camera's worker,
 // with the frame the pipeline scored and its result; neither is kept.
@@ -296,9 +307,11 @@ type CameraState struct {
 	Verdict   string        `json:"verdict,omitempty"`
 	Normal    uint64        `json:"normal"`
 	Anomalous uint64        `json:"anomalous"`
-	FrameSeq  uint64        `json:"frame_seq"` // newest kept frame (frame.jpg, heatmap.png); 0: none
-	Drift     *drift.Status `json:"drift"`     // null: drift monitor off
-	History   [][4]float64  `json:"history"`   // [unix second, max score, frames, anomalous]
+	FrameSeq  uint64        `json:"frame_seq"`         // newest kept frame (frame.jpg, heatmap.png); 0: none
+	Drift     *drift.Status `json:"drift"`             // null: drift monitor off
+	Model     *Model        `json:"model,omitempty"`   // the camera's model, when set (SetModel)
+	Product   string        `json:"product,omitempty"` // the product it serves (GNLD_MODEL_ROOT)
+	History   [][4]float64  `json:"history"`           // [unix second, max score, frames, anomalous]
 }
 
 func (c *Camera) state(from int64) CameraState {
@@ -321,6 +334,9 @@ func (c *Camera) state(from int64) CameraState {
 	}
 	if c.drift != nil {
 		s.Drift = c.drift()
+	}
+	if m := c.model.Load(); m != nil {
+		s.Model, s.Product = &m.model, m.product
 	}
 	return s
 }

@@ -37,6 +37,7 @@ const prefix = "GNLD"
 type Config struct {
 	Cameras        cameraList    `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
 	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
+	ModelRoot      string        `split_words:"true" desc:"Folder of product bundles, one folder per product (<root>/<product>/model.json). Set: every camera follows the product its PLC or MES publishes (retained) on gnl/<site>/<camera>/product, a plain name or JSON {\"product\": NAME}, and scores with that product's bundle from the first frame captured after the message; until the first message a camera scores with its own model. Every product's bundle is loaded at start-up, so a changeover costs no load. A product that cannot be served is refused: the camera's results then say verdict not_scored and why, until a product it can serve. Empty: off."`
 	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
 	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
 	Threads        int           `default:"1" desc:"TFLite CPU threads per interpreter, 1 to 256."`
@@ -89,6 +90,7 @@ type Config struct {
 
 // CameraConfig holds one camera's GNLD_CAMERA_<NAME>_* variables.
 type CameraConfig struct {
+	Model     string   `desc:"The camera's model bundle folder, when it is not GNLD_MODEL_DIR's: a station's top and side cameras, or two lines with different parts, each with its own model. Cameras on the same folder share one loaded model."`
 	Source    string   `desc:"The camera's source; overrides GNLD_CAMERAS. Use it for sources that contain commas, such as GStreamer pipelines."`
 	Threshold *float64 `doc_type:"Float" desc:"Anomaly threshold (score >= threshold is anomalous); unset: the camera's calibration (gnlctl calibrate) if made with the bundle in service, else threshold.value of the bundle."`
 	ROI       roi      `doc_type:"X,Y,W,H" desc:"Crop to this rectangle, in pixels, before rotation; empty or unset: the whole frame."`
@@ -310,6 +312,11 @@ func validate(c *Config) error {
 		return invalid("DRIFT_WINDOW", c.DriftWindow, "2 to 1000 samples")
 	case !(c.DriftThreshold > 0) || math.IsInf(c.DriftThreshold, 1):
 		return invalid("DRIFT_THRESHOLD", c.DriftThreshold, "a number above 0")
+	}
+	if c.ModelRoot != "" {
+		if st, err := os.Stat(c.ModelRoot); err != nil || !st.IsDir() {
+			return invalid("MODEL_ROOT", c.ModelRoot, "an existing folder holding one bundle folder per product (<root>/<product>/model.json), or empty (off)")
+		}
 	}
 	listen, _, err := httpserver.Resolve(c.HTTPAddr)
 	if err != nil {

@@ -3,21 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"math"
 	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
-
-	"gocv.io/x/gocv"
 
 	"gnld/calibration"
 	"gnld/drift"
-	"gnld/models"
+	"gnld/internal/registry"
 	"gnld/pipeline"
 	"gnld/publish"
-	"gnld/runtime"
 )
 
 // Threshold sources, as results name them (threshold_source).
@@ -32,6 +26,8 @@ const (
 type scorer struct {
 	pipe            *pipeline.Pipeline
 	model           publish.Model
+	dir             string // the bundle's folder
+	product         string // GNLD_MODEL_ROOT: the product it serves; "": the camera's own model
 	thresholdSource string
 	// drift compares the frames with this bundle's training images
 	// (page.go); nil when the bundle has no drift.json or the monitor is
@@ -51,64 +47,84 @@ func (s *scorer) close() {
 // loadTimes are the stages of loading a model set, for the log.
 type loadTimes struct{ load, build, warmup time.Duration }
 
-// loadScorers loads the bundle in GNLD_MODEL_DIR and the calibration
-// records, and makes and checks one scorer per camera: the metadata and
-// model hash (models.Load), the tensors against the metadata
-// (pipeline.Load, once: the cameras share its interpreters) and one
-// warm-up frame each, which must give a finite score. On error nothing
-// stays open.
-func (d *daemon) loadScorers() (*models.Bundle, []*scorer, loadTimes, error) {
-	var lt loadTimes
-	t0 := time.Now()
-	b, err := models.Load(d.cfg.ModelDir)
-	if err != nil {
-		return nil, nil, lt, fmt.Errorf("model bundle (GNLD_MODEL_DIR=%s): %w", d.cfg.ModelDir, err)
+// modelDir is where camera cc's own model is: GNLD_CAMERA_<NAME>_MODEL,
+// else GNLD_MODEL_DIR; and the setting that says so, for errors.
+func (c *Config) modelDir(cc CameraConfig) (dir, setting string) {
+	if cc.Model != "" {
+		return cc.Model, prefix + "_CAMERA_" + strings.ToUpper(cc.name) + "_MODEL"
 	}
-	lt.load = time.Since(t0)
-	d.logDrift(b)
-	t1 := time.Now()
-	shared, err := pipeline.Load(b, runtime.Options{Threads: d.cfg.Threads, Delegate: d.cfg.Delegate},
-		pipeline.Interpreters(d.cfg.Interpreters, len(d.cfg.cameras), d.cfg.Threads))
-	if err != nil {
-		return nil, nil, lt, fmt.Errorf("model %s: %w", b.ModelPath, err)
-	}
-	lt.build += time.Since(t1)
-	defer shared.Close() // the scorers' pipelines hold it from here
-	var out []*scorer
-	fail := func(err error) (*models.Bundle, []*scorer, loadTimes, error) {
-		for _, s := range out {
-			s.close()
-		}
-		return nil, nil, lt, err
-	}
-	for _, cc := range d.cfg.cameras {
-		t1 := time.Now()
-		s, err := d.newScorer(b, shared, cc)
-		if err != nil {
-			return fail(err)
-		}
-		out = append(out, s)
-		t2 := time.Now()
-		if err := warmUp(s.pipe); err != nil {
-			return fail(fmt.Errorf("model %s: warm-up frame: %w", b.ModelPath, err))
-		}
-		lt.build += t2.Sub(t1)
-		lt.warmup += time.Since(t2)
-	}
-	return b, out, lt, nil
+	return c.ModelDir, prefix + "_MODEL_DIR"
 }
 
-// newScorer makes camera cc's pipeline on shared (bundle b) with its
-// threshold: the camera's own setting, else its calibration if made with
-// this model, else the bundle's.
-func (d *daemon) newScorer(b *models.Bundle, shared *pipeline.Model, cc CameraConfig) (*scorer, error) {
+// want is what camera i serves: its own model's folder, or the folder of
+// the product it serves (product != "").
+type want struct{ dir, product string }
+
+// settingOf names where w's folder comes from, for errors.
+func (d *daemon) settingOf(i int, w want) string {
+	if w.product != "" {
+		return prefix + "_MODEL_ROOT/" + w.product
+	}
+	_, setting := d.cfg.modelDir(d.cfg.cameras[i])
+	return setting
+}
+
+// loadScorers loads the bundle each camera wants (ws[i]) through the
+// registry, which loads and checks each folder once however many cameras
+// use it (registry.Load: metadata, model hash, tensors, a warm-up frame),
+// and makes one scorer per camera with its calibration and drift
+// monitor, each checked by a warm-up frame of its own. On error nothing
+// made here stays open.
+func (d *daemon) loadScorers(ws []want) ([]*scorer, loadTimes, error) {
+	var lt loadTimes
+	count := map[string]int{}
+	for _, w := range ws {
+		count[w.dir]++
+	}
+	loaded := map[string]*registry.Loaded{}
+	for i, w := range ws {
+		if loaded[w.dir] != nil {
+			continue
+		}
+		l, err := d.reg.Load(w.dir, count[w.dir])
+		if err != nil {
+			return nil, lt, fmt.Errorf("model bundle (%s=%s): %w", d.settingOf(i, w), w.dir, err)
+		}
+		d.logDrift(l.Bundle)
+		loaded[w.dir] = l
+		lt.load += l.Took.Load
+		lt.build += l.Took.Build
+		lt.warmup += l.Took.Warmup
+	}
+	var out []*scorer
+	for i, cc := range d.cfg.cameras {
+		t0 := time.Now()
+		s, err := d.newScorer(loaded[ws[i].dir], cc, ws[i].product)
+		if err != nil {
+			for _, s := range out {
+				s.close()
+			}
+			return nil, lt, err
+		}
+		lt.warmup += time.Since(t0)
+		out = append(out, s)
+	}
+	return out, lt, nil
+}
+
+// newScorer makes camera cc's pipeline on bundle l with its threshold:
+// the camera's own setting, else its calibration if made with this model,
+// else the bundle's; then checks it with one warm-up frame.
+func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string) (*scorer, error) {
+	b := l.Bundle
 	rec, path, err := calibration.Read(d.cfg.CalibrationDir, cc.name)
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: calibration (GNLD_CALIBRATION_DIR=%s): %w", cc.name, d.cfg.CalibrationDir, err)
 	}
-	p := shared.Pipeline()
+	p := l.Model.Pipeline()
 	m := b.Meta
-	s := &scorer{pipe: p, model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256}, thresholdSource: fromBundle}
+	s := &scorer{pipe: p, model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256},
+		dir: l.Dir, product: product, thresholdSource: fromBundle}
 	if s.drift, err = d.newDrift(b, cc.name); err != nil {
 		p.Close()
 		return nil, err
@@ -127,38 +143,68 @@ func (d *daemon) newScorer(b *models.Bundle, shared *pipeline.Model, cc CameraCo
 		d.log.Warn("calibration: made with another model, not used; the bundle's threshold applies until you run gnlctl calibrate again",
 			"camera", cc.name, "file", path, "calibrated_version", rec.Model.Version, "model_version", m.Version)
 	}
+	if err := registry.WarmUp(p); err != nil {
+		s.close()
+		return nil, fmt.Errorf("model %s: warm-up frame: %w", b.ModelPath, err)
+	}
 	return s, nil
 }
 
-// warmUp runs one mid-grey frame through p: the first invoke of an
-// interpreter is slower than the rest, and a model that cannot score it
-// (an error, NaN or infinite score) must not go into service.
-func warmUp(p *pipeline.Pipeline) error {
-	m := p.Meta()
-	frame := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(128, 128, 128, 0), m.Input.Height, m.Input.Width, gocv.MatTypeCV8UC3)
-	defer frame.Close()
-	res, err := p.Process(frame)
-	if err != nil {
-		return err
+// wants is what every camera serves now: the folder of its scorer in
+// service (its own model, or its product's).
+func (d *daemon) wants() []want {
+	ws := make([]want, len(d.cams))
+	for i, c := range d.cams {
+		if s := c.serving.Load(); s != nil {
+			ws[i] = want{s.dir, s.product}
+		} else {
+			dir, _ := d.cfg.modelDir(c.cfg)
+			ws[i] = want{dir: dir}
+		}
 	}
-	if s := float64(res.Score); math.IsNaN(s) || math.IsInf(s, 0) {
-		return fmt.Errorf("score %v: the model's output is not a finite map; re-export the bundle with `gnl export`", res.Score)
+	return ws
+}
+
+// watchedFingerprint identifies the files of every bundle folder in
+// service (registry.Fingerprint), for GNLD_MODEL_WATCH.
+func (d *daemon) watchedFingerprint(ws []want) string {
+	seen := map[string]bool{}
+	var sb strings.Builder
+	for _, w := range ws {
+		if !seen[w.dir] {
+			seen[w.dir] = true
+			sb.WriteString(registry.Fingerprint(w.dir) + "\n")
+		}
 	}
-	return nil
+	return sb.String()
+}
+
+// changedOnDisk reports whether a bundle folder in service has changed
+// since the registry loaded it, and since a reload last refused it.
+// Called under reloadMu.
+func (d *daemon) changedOnDisk(ws []want) bool {
+	for _, w := range ws {
+		fp := registry.Fingerprint(w.dir)
+		if l := d.reg.Loaded(w.dir); (l == nil || l.Fingerprint != fp) && d.refusedFP[w.dir] != fp {
+			return true
+		}
+	}
+	return false
 }
 
 // reload is the hot model swap (SIGHUP, GNLD_MODEL_WATCH): it loads the
-// bundle in GNLD_MODEL_DIR and the calibration records beside the model
-// in service and checks them (loadScorers). Then every camera's worker
-// takes its new scorer between two frames: the frame before is scored by
-// the old model, the frame after by the new one, none is skipped, and
-// each result names the model that scored it. A bundle or record that
-// fails is refused and the old model keeps serving.
+// bundle each camera serves (its own, or its product's) afresh, with the
+// calibration records, and checks them (loadScorers). Then every camera's
+// worker takes its new scorer between two frames: the frame before is
+// scored by the old model, the frame after by the new one, none is
+// skipped, and each result names the model that scored it. A bundle or
+// record that fails is refused and the old model keeps serving. A camera
+// with a product changeover under way is left to it.
 //
 // reload logs its outcome in one line (callers need not log it again) and
-// returns the refusal's error. Safe from any goroutine; one reload runs
-// at a time. ctx is not used to abandon a load half-way (it is short) but
-// a reload asked for after ctx is done does nothing.
+// returns the refusal's error. Safe from any goroutine; one reload or
+// changeover runs at a time. ctx is not used to abandon a load half-way
+// (it is short) but a reload asked for after ctx is done does nothing.
 func (d *daemon) reload(ctx context.Context) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -166,11 +212,13 @@ func (d *daemon) reload(ctx context.Context) error {
 		return err
 	}
 	serving := d.model().Meta
-	fp := modelFingerprint(d.cfg.ModelDir)
+	ws := d.wants()
 	t0 := time.Now()
-	b, set, lt, err := d.loadScorers()
-	d.loadedFP = fp // a refused bundle is not retried until it changes again
+	set, lt, err := d.loadScorers(ws)
 	if err != nil {
+		for _, w := range ws { // a refused bundle is not retried until it changes again
+			d.refusedFP[w.dir] = registry.Fingerprint(w.dir)
+		}
 		n := d.refused.Add(1)
 		msg := err.Error()
 		d.refusal.Store(&msg)
@@ -180,13 +228,17 @@ func (d *daemon) reload(ctx context.Context) error {
 	}
 	d.reloaded.Add(1)
 	for i, c := range d.cams {
+		if c.pendingChange() {
+			set[i].close() // the changeover brings its own
+			continue
+		}
 		if stale := c.next.Swap(set[i]); stale != nil {
 			stale.close() // an earlier reload the worker had not taken yet
 		}
 	}
+	b := d.reg.Loaded(ws[0].dir).Bundle
 	d.bundle.Store(b)
 	m := b.Meta
-	d.metrics.SetModel(m.Name, m.Version, m.ModelSHA256)
 	d.log.Info("model: reloaded; each camera switches before its next frame", "from", serving.Version,
 		"name", m.Name, "version", m.Version, "sha256", m.ModelSHA256[:12], "thresholds", thresholds(d.cams, set),
 		"load_ms", ms(lt.load), "build_ms", ms(lt.build), "warmup_ms", ms(lt.warmup), "total_ms", ms(time.Since(t0)))
@@ -221,9 +273,10 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 			d.log.Info("model: SIGHUP, reloading", "dir", d.cfg.ModelDir)
 			d.reloadNotified(ctx)
 		case <-tick:
-			fp := modelFingerprint(d.cfg.ModelDir)
+			ws := d.wants()
+			fp := d.watchedFingerprint(ws)
 			d.reloadMu.Lock()
-			changed := fp != d.loadedFP
+			changed := d.changedOnDisk(ws)
 			d.reloadMu.Unlock()
 			if changed && fp == last {
 				d.log.Info("model: GNLD_MODEL_DIR changed, reloading", "dir", d.cfg.ModelDir)
@@ -232,33 +285,4 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 			last = fp
 		}
 	}
-}
-
-// modelFingerprint identifies the files in the bundle folder dir
-// (through a symbolic link): the real path and each file's name, size,
-// modification time and inode. It changes when a file is written or
-// replaced, or the link is pointed elsewhere. It reads no file.
-func modelFingerprint(dir string) string {
-	real, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return "missing: " + err.Error()
-	}
-	entries, err := os.ReadDir(real)
-	if err != nil {
-		return "unreadable: " + err.Error()
-	}
-	var sb strings.Builder
-	sb.WriteString(real)
-	for _, e := range entries {
-		st, err := e.Info()
-		if err != nil || !st.Mode().IsRegular() {
-			continue // gone meanwhile, or not a file
-		}
-		var ino uint64
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			ino = sys.Ino
-		}
-		fmt.Fprintf(&sb, "|%s:%d:%d:%d", e.Name(), st.Size(), st.ModTime().UnixNano(), ino)
-	}
-	return sb.String()
 }

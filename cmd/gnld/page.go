@@ -65,6 +65,8 @@ func (d *daemon) setupWatch() {
 		web.Options{Device: d.cfg.Device, Site: d.cfg.Site, History: d.cfg.PageHistory})
 	for _, c := range d.cams {
 		c.page = d.page.Camera(c.name, c.driftStatus)
+		s := c.serving.Load()
+		c.page.SetModel(web.Model(s.model), s.product)
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -22,13 +21,14 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"gnld/capture"
-	"gnld/drift"
 	"gnld/internal/httpserver"
 	"gnld/internal/metrics"
+	"gnld/internal/registry"
 	"gnld/internal/sdnotify"
 	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
+	"gnld/runtime"
 	"gnld/web"
 )
 
@@ -99,17 +99,20 @@ type daemon struct {
 	// out), so close must not free the pipelines under them.
 	busy bool
 
-	bundle   atomic.Pointer[models.Bundle] // the bundle loaded last
-	reloadMu sync.Mutex                    // one reload at a time; guards loadedFP
-	loadedFP string                        // modelFingerprint when the last load began
+	reg      *registry.Registry            // the bundles loaded: cameras', products'
+	bundle   atomic.Pointer[models.Bundle] // the first camera's bundle loaded last (log, page, stats)
+	reloadMu sync.Mutex                    // one reload or changeover at a time; guards refusedFP
+	// refusedFP: folder -> registry.Fingerprint when a reload last refused it
+	refusedFP map[string]string
 	// reloaded and refused count reloads put into service and refused;
 	// refusal is the last refusal's error (stats topic).
 	reloaded, refused atomic.Uint64
 	refusal           atomic.Pointer[string]
 }
 
-// modelStats is the "model" part of the stats topic: the bundle loaded
-// last and the reloads since start.
+// modelStats is the "model" part of the stats topic: the first camera's
+// bundle loaded last (each camera's own is in its part) and the reloads
+// since start.
 type modelStats struct {
 	Name        string `json:"name"`
 	Version     string `json:"version"`
@@ -128,64 +131,38 @@ func (d *daemon) modelStats() any {
 	return st
 }
 
-// camera is one camera's capture, its model (used only by its worker
-// goroutine), its trigger queue in trigger mode and its counters (read by
-// the stats timer, /metrics, STATUS).
-type camera struct {
-	name string
-	cap  *capture.Camera
-	// serving is the scorer the worker uses; next is one a reload has
-	// made and the worker takes before its next frame.
-	serving, next atomic.Pointer[scorer]
-	trig          *triggerQueue // nil unless GNLD_CAMERA_<NAME>_TRIGGER=mqtt
-	metrics       *metrics.Camera
-	page          *web.Camera // nil: no page
-
-	processed, anomalous, skipped, swaps atomic.Uint64
-
-	beat          atomic.Int64 // d.clock() at the worker's last beat (health.go)
-	lastFrame     atomic.Int64 // d.clock() when the worker last got a frame
-	done          atomic.Bool  // the worker has returned
-	score         lastScore    // last score, for STATUS
-	lastAnomalous atomic.Bool
-}
-
-// cameraStats is one camera's part of the stats topic.
-type cameraStats struct {
-	capture.Stats
-	Processed       uint64        `json:"processed"`
-	Anomalous       uint64        `json:"anomalous"`
-	Skipped         uint64        `json:"skipped"` // frames the pipeline refused
-	ModelVersion    string        `json:"model_version"`
-	ThresholdSource string        `json:"threshold_source"`
-	Swaps           uint64        `json:"model_swaps"` // reloads this camera's worker has taken
-	Trigger         *triggerStats `json:"trigger,omitempty"`
-	Drift           *drift.Status `json:"drift,omitempty"` // absent: drift monitor off
-}
-
 // newDaemon loads the bundle and makes every part, so that a bad bundle,
 // calibration, camera or spool stops start-up before any frame is read.
 func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log, runID: newRunID(), notify: sdnotify.New(log), epoch: time.Now()}
-	d.loadedFP = modelFingerprint(cfg.ModelDir)
-	b, set, _, err := d.loadScorers()
+	d := &daemon{cfg: cfg, log: log, runID: newRunID(), notify: sdnotify.New(log), epoch: time.Now(),
+		refusedFP: map[string]string{}}
+	d.reg = registry.New(runtime.Options{Threads: cfg.Threads, Delegate: cfg.Delegate}, func(cameras int) int {
+		return pipeline.Interpreters(cfg.Interpreters, cameras, cfg.Threads)
+	})
+	ws := make([]want, len(cfg.cameras))
+	for i, cc := range cfg.cameras {
+		ws[i].dir, _ = cfg.modelDir(cc)
+	}
+	set, _, err := d.loadScorers(ws)
 	if err != nil {
+		d.reg.Close()
 		return nil, err
 	}
-	d.bundle.Store(b)
+	d.bundle.Store(d.reg.Loaded(ws[0].dir).Bundle)
 	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher,
 		Model: func() metrics.ModelStats {
 			return metrics.ModelStats{Reloads: d.reloaded.Load(), Refused: d.refused.Load()}
 		}})
-	d.metrics.SetModel(b.Meta.Name, b.Meta.Version, b.Meta.ModelSHA256)
 	for i, cc := range cfg.cameras {
-		c := &camera{name: cc.name, metrics: d.metrics.Camera(cc.name)}
+		c := &camera{d: d, name: cc.name, cfg: cc, metrics: d.metrics.Camera(cc.name)}
 		c.beat.Store(d.clock()) // starting is not being stuck
 		c.lastFrame.Store(d.clock())
 		c.serving.Store(set[i])
 		c.score.set(math.NaN())
 		d.cams = append(d.cams, c)
 	}
+	d.setModelMetrics()
+	d.preloadProducts()
 	for i, c := range d.cams {
 		if c.cap, err = capture.New(cfg.captureConfig(i), log); err != nil {
 			d.close()
@@ -203,6 +180,9 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		if cfg.cameras[i].Trigger == "mqtt" {
 			c.trig = newTriggerQueue(c.name, cfg.TriggerQueue, log)
 			d.pub.Subscribe(d.pub.Topic(c.name, "trigger"), c.trig.receive)
+		}
+		if cfg.ModelRoot != "" {
+			d.pub.Subscribe(d.pub.Topic(c.name, "product"), d.productHandler(c))
 		}
 	}
 	d.setupWatch()
@@ -234,30 +214,33 @@ func (d *daemon) close() {
 		return // the process is about to exit anyway
 	}
 	for _, c := range d.cams {
+		c.closeChanges()
 		c.serving.Swap(nil).close()
 		c.next.Swap(nil).close()
 	}
+	if d.reg != nil {
+		d.reg.Close()
+	}
+}
+
+// setModelMetrics names the models in service in /metrics: each
+// camera's, and each distinct one in gnld_model_info.
+func (d *daemon) setModelMetrics() {
+	var all []metrics.ModelInfo
+	for _, c := range d.cams {
+		if s := c.serving.Load(); s != nil {
+			m := metrics.ModelInfo{Name: s.model.Name, Version: s.model.Version, SHA256: s.model.SHA256}
+			d.metrics.SetCameraModel(c.name, m, s.product)
+			all = append(all, m)
+		}
+	}
+	d.metrics.SetModels(all)
 }
 
 func (d *daemon) cameraStats() any {
 	out := map[string]cameraStats{}
 	for _, c := range d.cams {
-		st := cameraStats{
-			Processed: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
-			Swaps: c.swaps.Load(),
-		}
-		if c.cap != nil {
-			st.Stats = c.cap.Stats()
-		}
-		if s := c.serving.Load(); s != nil {
-			st.ModelVersion, st.ThresholdSource = s.model.Version, s.thresholdSource
-		}
-		if c.trig != nil {
-			ts := c.trig.stats()
-			st.Trigger = &ts
-		}
-		st.Drift = c.driftStatus()
-		out[c.name] = st
+		out[c.name] = c.stats()
 	}
 	return out
 }
@@ -291,7 +274,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 		c.beat.Store(now)
 		c.lastFrame.Store(now)
 		g.Go(func() error { return c.cap.Run(gctx) })
-		g.Go(func() error { return d.work(c) })
+		g.Go(func() error { return c.run() })
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
@@ -356,40 +339,6 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	return nil
 }
 
-// work scores camera c's frames until its capture closes Frames: every
-// frame, or in trigger mode the first frame after each trigger. A frame
-// the pipeline refuses is counted and skipped; any other pipeline error
-// is fatal (the interpreter is broken) and stops gnld. It beats
-// (health.go) after each frame and, while no frame comes, every
-// liveWindow/2.
-func (d *daemon) work(c *camera) error {
-	defer c.done.Store(true)
-	if c.trig != nil {
-		return d.workTriggered(c)
-	}
-	tick := time.NewTicker(d.liveWindow() / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case f, ok := <-c.cap.Frames():
-			if !ok {
-				return nil
-			}
-			c.lastFrame.Store(d.clock())
-			if testStall != nil {
-				testStall(f.Camera)
-			}
-			_, err := d.process(c, f, nil)
-			f.Close()
-			if err != nil {
-				return err
-			}
-		case <-tick.C:
-		}
-		d.beat(c)
-	}
-}
-
 // idle waits for ctx once every worker has finished (GNLD_EXIT_WHEN_DONE
 // false). With no inference left to vouch for it, it sends the
 // keep-alives itself.
@@ -410,88 +359,6 @@ func (d *daemon) idle(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-}
-
-// takeNext puts a scorer made by reload into service, between two
-// frames: f is the first frame the new model scores.
-func (d *daemon) takeNext(c *camera, f capture.Frame) *scorer {
-	s := c.serving.Load()
-	next := c.next.Swap(nil)
-	if next == nil {
-		return s
-	}
-	t0 := time.Now()
-	c.serving.Store(next)
-	s.close()
-	c.swaps.Add(1)
-	if d.page != nil {
-		d.page.SetModel(web.Model(next.model))
-	}
-	d.log.Info("model: camera switched", "camera", c.name, "from", s.model.Version, "to", next.model.Version,
-		"threshold", next.pipe.Threshold(), "threshold_source", next.thresholdSource, "first_seq", f.Seq,
-		"pause_ms", ms(time.Since(t0)))
-	return next
-}
-
-// process scores frame f with the camera's model and publishes the
-// result; t is the trigger it answers, or nil. It reports whether f was
-// scored: false for a frame the pipeline refused.
-func (d *daemon) process(c *camera, f capture.Frame, t *trigger) (bool, error) {
-	s := d.takeNext(c, f)
-	res, err := s.pipe.Process(f.Mat)
-	if errors.Is(err, pipeline.ErrFrame) {
-		c.skipped.Add(1)
-		d.log.Warn("frame skipped", "camera", f.Camera, "seq", f.Seq, "file", f.File, "err", err)
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("camera %s frame %d: %w", f.Camera, f.Seq, err)
-	}
-	c.processed.Add(1)
-	if res.Anomalous {
-		c.anomalous.Add(1)
-	}
-	total := time.Since(f.Time)
-	c.metrics.Observe(float64(res.Score), float64(res.Threshold), res.Timings.Normalize, res.Timings.Invoke, res.Timings.Post, total)
-	c.score.set(float64(res.Score))
-	c.lastAnomalous.Store(res.Anomalous)
-	r := publish.Result{
-		RunID: d.runID, Timestamp: f.Time.UTC(), Sequence: f.Seq, Camera: f.Camera, File: f.File,
-		Model: s.model, Score: res.Score, Threshold: res.Threshold, ThresholdSource: s.thresholdSource,
-		Verdict: publish.Verdict(res.Anomalous),
-		LatencyMS: publish.Latency{
-			Normalize: ms(res.Timings.Normalize), Invoke: ms(res.Timings.Invoke), Post: ms(res.Timings.Post),
-			Total: ms(total),
-		},
-	}
-	if s.drift != nil {
-		r.Drift = s.drift.Status().State // from the frames before this one (observe, below)
-	}
-	if t != nil {
-		r.PartID, r.Trigger, r.LatencyMS.Trigger = t.partID, t.fields, ms(time.Since(t.at))
-	}
-	d.log.Debug("frame", "camera", r.Camera, "seq", r.Sequence, "file", r.File, "score", r.Score,
-		"threshold", r.Threshold, "verdict", r.Verdict, "model", r.Model.Version, "normalize_ms", r.LatencyMS.Normalize,
-		"invoke_ms", r.LatencyMS.Invoke, "post_ms", r.LatencyMS.Post, "total_ms", r.LatencyMS.Total)
-	if t != nil {
-		d.log.Debug("trigger answered", "camera", r.Camera, "part_id", r.PartID, "seq", r.Sequence, "trigger_ms", r.LatencyMS.Trigger)
-	}
-	if err := d.pub.Result(r); err != nil {
-		return false, err
-	}
-	d.observe(c, s, f, res)
-	switch d.cfg.Map {
-	case "png":
-		png, err := s.pipe.Heatmap(f.Mat, res)
-		if err != nil {
-			d.log.Warn("heatmap failed", "camera", f.Camera, "seq", f.Seq, "err", err)
-			return true, nil
-		}
-		d.pub.Map(f.Camera, png)
-	case "raw":
-		d.pub.Map(f.Camera, bytes.Clone(s.pipe.RawMap8(res))) // RawMap8 reuses its buffer
-	}
-	return true, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -12,8 +12,6 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"gnld/capture"
 )
 
 // Trigger mode (GNLD_CAMERA_<NAME>_TRIGGER=mqtt): a PLC publishes on
@@ -204,63 +202,4 @@ func clip(p []byte) string {
 		return string(p[:200]) + "..."
 	}
 	return string(p)
-}
-
-// workTriggered is work in trigger mode: for each trigger, in order, it
-// scores the first frame captured after the trigger arrived and closes
-// the frames before it unscored. It beats like work.
-func (d *daemon) workTriggered(c *camera) error {
-	q := c.trig
-	var cur *trigger // the trigger waiting for its frame
-	defer func() { q.stop(cur) }()
-	tick := time.NewTicker(d.liveWindow() / 2)
-	defer tick.Stop()
-	frames := c.cap.Frames()
-	for {
-		var next <-chan trigger // nil (never ready) while cur waits
-		if cur == nil {
-			next = q.ch
-		}
-		var f capture.Frame
-		var ok bool
-		select {
-		case t := <-next:
-			cur = &t
-			continue
-		case <-tick.C:
-			d.beat(c)
-			continue
-		case f, ok = <-frames:
-		}
-		if !ok {
-			return nil
-		}
-		c.lastFrame.Store(d.clock())
-		if cur == nil { // a trigger may have come in with this frame
-			select {
-			case t := <-q.ch:
-				cur = &t
-			default:
-			}
-		}
-		if cur == nil || f.Time.Before(cur.at) {
-			f.Close()
-			q.notScored.Add(1)
-			d.beat(c)
-			continue
-		}
-		if testStall != nil {
-			testStall(f.Camera)
-		}
-		scored, err := d.process(c, f, cur)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		if scored { // else the next frame answers it
-			q.answered.Add(1)
-			cur = nil
-		}
-		d.beat(c)
-	}
 }

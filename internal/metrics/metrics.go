@@ -83,9 +83,14 @@ type Metrics struct {
 	thresh *prometheus.GaugeVec
 	last   *prometheus.GaugeVec
 
-	mu    sync.Mutex // serialises SetModel
-	model *prometheus.GaugeVec
+	mu       sync.Mutex // serialises SetModel, SetModels, SetCameraModel
+	model    *prometheus.GaugeVec
+	camModel *prometheus.GaugeVec
 }
+
+// ModelInfo names a model bundle: model.json's name and version, and the
+// SHA-256 of model.tflite.
+type ModelInfo struct{ Name, Version, SHA256 string }
 
 // New makes the registry with gnld's metrics, the Go runtime's and the
 // process's (RSS, CPU, open files).
@@ -115,8 +120,12 @@ func New(src Sources) *Metrics {
 		model: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "gnld_model_info", Help: "The model bundle in force (value 1): name, version and SHA-256 of model.tflite.",
 		}, []string{"name", "version", "sha256"}),
+		camModel: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gnld_camera_model_info",
+			Help: "The model bundle each camera scores with (value 1), and the product it serves (GNLD_MODEL_ROOT; empty: the camera's own model).",
+		}, []string{"camera", "name", "version", "sha256", "product"}),
 	}
-	m.reg.MustRegister(m.stage, m.ratio, m.score, m.thresh, m.last, m.model, newCollector(src),
+	m.reg.MustRegister(m.stage, m.ratio, m.score, m.thresh, m.last, m.model, m.camModel, newCollector(src),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -131,10 +140,26 @@ func (m *Metrics) Handler() http.Handler {
 
 // SetModel replaces gnld_model_info with the model in force.
 func (m *Metrics) SetModel(name, version, sha256 string) {
+	m.SetModels([]ModelInfo{{name, version, sha256}})
+}
+
+// SetModels replaces gnld_model_info with the models in force, one series
+// per distinct model (cameras with models of their own, or products).
+func (m *Metrics) SetModels(all []ModelInfo) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.model.Reset()
-	m.model.WithLabelValues(name, version, sha256).Set(1)
+	for _, x := range all {
+		m.model.WithLabelValues(x.Name, x.Version, x.SHA256).Set(1)
+	}
+}
+
+// SetCameraModel replaces camera's gnld_camera_model_info.
+func (m *Metrics) SetCameraModel(camera string, x ModelInfo, product string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.camModel.DeletePartialMatch(prometheus.Labels{"camera": camera})
+	m.camModel.WithLabelValues(camera, x.Name, x.Version, x.SHA256, product).Set(1)
 }
 
 // Camera is one camera's per-frame metrics.

@@ -75,6 +75,10 @@ function update(s) {
   }
   $(c.el, ".n-normal").textContent = s.normal;
   $(c.el, ".n-anomalous").textContent = s.anomalous;
+  if (s.model) {
+    const product = s.product ? `product ${s.product} · ` : "";
+    $(c.el, ".cam-model").textContent = `${product}model ${s.model.name} ${s.model.version}`;
+  }
 
   const d = $(c.el, ".drift"), hint = $(c.el, ".hint");
   if (!s.drift) {
