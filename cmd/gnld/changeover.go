@@ -21,8 +21,8 @@ import (
 // The rule: no frame captured after the message arrived is scored by the
 // old product's model. The message handler queues a changeover stamped
 // with its arrival time and prepares the new scorer on its own goroutine
-// (a bundle preloaded at start-up makes that a matter of milliseconds:
-// a pipeline on the loaded interpreters and one warm-up frame); the
+// (a bundle preloaded at start-up makes that a matter of a millisecond:
+// a pipeline on the loaded, warmed-up interpreters); the
 // camera's worker takes it before the first frame captured at or after
 // that time, waiting for it if it is not ready yet. Frames captured
 // before the message are scored by the old model even when they are
@@ -106,7 +106,7 @@ func (d *daemon) prepare(c *camera, co *changeover) {
 	if err == nil {
 		var l *registry.Loaded
 		if l, err = d.reg.Get(dir, len(d.cams)); err == nil {
-			co.s, err = d.newScorer(l, c.cfg, co.product)
+			co.s, err = d.newScorer(l, c.cfg, co.product, false)
 		}
 		if err != nil {
 			err = fmt.Errorf("product %q (%s): %w", co.product, dir, err)

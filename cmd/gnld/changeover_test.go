@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -209,4 +210,87 @@ func TestPerCameraModelsAndChangeover(t *testing.T) {
 	for _, m := range ready[:min(len(ready), 3)] {
 		t.Logf("changeover to a preloaded bundle ready in %s ms", m[1])
 	}
+}
+
+// BenchmarkChangeover: a camera streaming at 10 frames/s with the default
+// bundle, changed over between two products (two preloaded loads of it)
+// once per iteration. Reported: how long the changeover takes to be ready
+// (from the message's arrival: a pipeline on the preloaded interpreters
+// and one warm-up frame; make bench's target is one frame interval,
+// 100 ms), the worker's pause for the switch, the time from sending the
+// message to the first result of the new product, and frames scored by
+// the old product although captured after the message arrived (must be 0).
+func BenchmarkChangeover(b *testing.B) {
+	const fps = 10.0
+	dir, _ := mtdSamples(b, 3, "good")
+	root := b.TempDir()
+	abs, _ := filepath.Abs(defaultBundle)
+	for _, p := range []string{"p1", "p2"} {
+		os.Symlink(abs, filepath.Join(root, p))
+	}
+	br := testbroker.Start(b)
+	sub := testbroker.Subscribe(b, br, "gnl/#")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log, stop := startGnld(b, ctx, baseEnv(b, br.URL(), map[string]string{
+		"GNLD_CAMERAS": "line=dir:" + dir, "GNLD_CAMERA_LINE_LOOP": "true", "GNLD_CAMERA_LINE_FPS": fmt.Sprint(fps),
+		"GNLD_MODEL_DIR": defaultBundle, "GNLD_MODEL_ROOT": root, "GNLD_LOG_LEVEL": "info",
+		"GNLD_CALIBRATION_DIR": b.TempDir(), "GNLD_SHUTDOWN_TIMEOUT": "60s",
+	}))
+	waitOnline(b, sub)
+	pc := plc(b, br)
+	var e2e []float64
+	b.ResetTimer()
+	for i := range b.N {
+		p := []string{"p1", "p2"}[i%2]
+		t0 := time.Now()
+		send(b, pc, "gnl/test/line/product", p, true)
+		sub.WaitFor(b, 30*time.Second, "a result of "+p, func([]testbroker.Msg) bool {
+			rs := results(b, sub, "line")
+			return len(rs) > 0 && rs[len(rs)-1].Product == p && !rs[len(rs)-1].Timestamp.Before(t0)
+		})
+		e2e = append(e2e, ms(time.Since(t0)))
+	}
+	b.StopTimer()
+	cancel()
+	if err := stop(); err != nil {
+		b.Fatal(err)
+	}
+	text := log.String()
+	var ready, pause []float64
+	for _, m := range regexp.MustCompile(`product changeover ready.* preloaded=true ready_ms=([\d.]+)`).FindAllStringSubmatch(text, -1) {
+		var v float64
+		fmt.Sscan(m[1], &v)
+		ready = append(ready, v)
+	}
+	for _, m := range regexp.MustCompile(`camera switched.* why="product \S+".* pause_ms=([\d.]+)`).FindAllStringSubmatch(text, -1) {
+		var v float64
+		fmt.Sscan(m[1], &v)
+		pause = append(pause, v)
+	}
+	// Frames captured after a message arrived but scored by the product before.
+	arrivals := regexp.MustCompile(`time=(\S+) level=INFO msg="product message" camera=line product=(\S+)`).FindAllStringSubmatch(text, -1)
+	late := 0
+	rs := results(b, sub, "line")
+	for _, a := range arrivals {
+		at, err := time.Parse(time.RFC3339Nano, a[1])
+		if err != nil {
+			b.Fatalf("log time %q: %v", a[1], err)
+		}
+		for _, r := range rs {
+			if r.Timestamp.After(at.Add(time.Millisecond)) && r.Product != a[2] && r.Timestamp.Before(at.Add(time.Second/fps)) {
+				late++
+			}
+		}
+	}
+	if len(ready) < b.N || late > 0 {
+		b.Fatalf("%d changeovers ready from preloaded bundles for %d messages; %d frames scored by the old product after the message", len(ready), b.N, late)
+	}
+	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	b.ReportMetric(med(ready), "ready-ms")
+	b.ReportMetric(slices.Max(ready), "max-ready-ms")
+	b.ReportMetric(med(pause), "pause-ms")
+	b.ReportMetric(med(e2e), "e2e-ms")
+	b.ReportMetric(1000/fps, "budget-ms")
+	b.ReportMetric(float64(late), "late-frames")
 }

@@ -99,7 +99,7 @@ func (d *daemon) loadScorers(ws []want) ([]*scorer, loadTimes, error) {
 	var out []*scorer
 	for i, cc := range d.cfg.cameras {
 		t0 := time.Now()
-		s, err := d.newScorer(loaded[ws[i].dir], cc, ws[i].product)
+		s, err := d.newScorer(loaded[ws[i].dir], cc, ws[i].product, true)
 		if err != nil {
 			for _, s := range out {
 				s.close()
@@ -114,8 +114,10 @@ func (d *daemon) loadScorers(ws []want) ([]*scorer, loadTimes, error) {
 
 // newScorer makes camera cc's pipeline on bundle l with its threshold:
 // the camera's own setting, else its calibration if made with this model,
-// else the bundle's; then checks it with one warm-up frame.
-func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string) (*scorer, error) {
+// else the bundle's; with warm, it then checks it with one warm-up frame
+// (a changeover to a preloaded bundle skips it: the registry warmed and
+// checked the bundle's interpreters when it loaded them).
+func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string, warm bool) (*scorer, error) {
 	b := l.Bundle
 	rec, path, err := calibration.Read(d.cfg.CalibrationDir, cc.name)
 	if err != nil {
@@ -142,6 +144,9 @@ func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string) 
 	case rec != nil:
 		d.log.Warn("calibration: made with another model, not used; the bundle's threshold applies until you run gnlctl calibrate again",
 			"camera", cc.name, "file", path, "calibrated_version", rec.Model.Version, "model_version", m.Version)
+	}
+	if !warm {
+		return s, nil
 	}
 	if err := registry.WarmUp(p); err != nil {
 		s.close()
