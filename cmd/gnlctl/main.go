@@ -42,7 +42,9 @@ const usage = `usage:
   gnlctl eval  --model BUNDLE --data DIR [--perturb none|vand2] [--json FILE]
                                                           image AUROC, F1Max, pixel AUROC, AUPRO
   gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]
-                                                          threshold from the line's good images, for gnld`
+                                                          threshold from the line's good images, for gnld
+  gnlctl collect --source SOURCE --out DIR [--every 1] [--count 300] [--max-mb 1000]
+                 [--roi X,Y,W,H] [--rotate 0] [--fps 0]   training images from a camera, for gnl fit`
 
 // usageError is a mistake on the command line (exit status 2).
 type usageError struct{ msg string }
@@ -56,7 +58,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{"no command"}
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate,
+		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate, "collect": collect,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
