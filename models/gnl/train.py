@@ -51,7 +51,8 @@ a Gumbel fit for a 1% false-alarm rate) and a synthetic-anomaly AUROC
 (OUT/calibration.json).
 
 Outputs: OUT/checkpoint.pt (written after every epoch; `--resume` continues
-from it), OUT/train.json, OUT/calibration.json and, unless `--no-export`,
+from it), OUT/train.json, OUT/calibration.json, OUT/fit.png (a one-page
+picture of what it learned: gnl/fitreport.py) and, unless `--no-export`,
 the bundle (gnl/export.py).
 """
 
@@ -631,6 +632,25 @@ class Trainer:
                                                          "synthetic_auroc")}
         return calibration
 
+    def write_report(self, calibration: dict[str, Any]) -> Path:
+        """OUT/fit.png (gnl/fitreport.py): the training curve, the held-back
+        images' scores against the threshold, the highest-scoring ones' maps."""
+        from gnl.fitreport import write_fit_report
+
+        normal = np.asarray(calibration["normal_scores"])
+        top = [int(i) for i in np.argsort(-normal)[:5]]
+        images = [self.held_images[i] for i in top]
+        self.model.eval()
+        with torch.no_grad():
+            maps = self.model(to_batch(images, self.spec, self.device))[:, 0].float().cpu().numpy()
+        worst = [(im, *postprocess(m, self.spec, BLUR_SIGMA)) for im, m in zip(images, maps)]
+        title = (f"gnl fit: {self.cfg['data']}, {len(self.train_paths)} training images, drift policy "
+                 f"{self.cfg['drift_policy']}, {self.epoch} epochs; threshold {calibration['threshold']:.3f} "
+                 f"(float model; the bundle's is set again from the int8 model)")
+        return write_fit_report(self.args.out / "fit.png", self.history["stage1"], normal,
+                                np.asarray(calibration["view_scores"]), np.asarray(calibration["synthetic_scores"]),
+                                float(calibration["threshold"]), worst, title)
+
     def write_summary(self) -> None:
         """OUT/train.json: config, data, what was trained, losses, timings."""
         self.history["runs"].append(self.run_record)
@@ -703,10 +723,11 @@ def fit(args: argparse.Namespace) -> None:
     trainer.build_memory()
     calibration = trainer.calibrate()
     trainer.write_summary()
+    report = trainer.write_report(calibration)
     threshold = calibration["threshold"]
     print(f"gnl fit: {trainer.epoch} epochs, {trainer.seg_step} segmentation steps; threshold {threshold:.4f}, "
           f"synthetic-anomaly AUROC {calibration['synthetic_auroc']:.3f} on {len(trainer.held_paths)} "
-          f"held-back images; wrote {ckpt_path}", file=sys.stderr)
+          f"held-back images; wrote {ckpt_path}; look at {report}", file=sys.stderr)
 
     if args.no_export:
         return
