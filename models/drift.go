@@ -38,13 +38,17 @@ const driftFix = "regenerate it with `gnl drift-stats --data DATA --bundle BUNDL
 
 // Drift mirrors drift.json (BUNDLE.md): how the training images look.
 type Drift struct {
-	FormatVersion   int                     `json:"format_version"`
-	Presize         int                     `json:"presize"`
-	AnalysisSize    int                     `json:"analysis_size"`
-	ThumbSize       int                     `json:"thumb_size"`
-	OrientationBins int                     `json:"orientation_bins"`
-	BlackPercentile float64                 `json:"black_percentile"`
-	Images          int                     `json:"images"`
+	FormatVersion   int     `json:"format_version"`
+	Presize         int     `json:"presize"`
+	AnalysisSize    int     `json:"analysis_size"`
+	ThumbSize       int     `json:"thumb_size"`
+	OrientationBins int     `json:"orientation_bins"`
+	BlackPercentile float64 `json:"black_percentile"`
+	Images          int     `json:"images"`
+	// DriftPolicy is the bundle's drift policy (gnl/policy.py) when the
+	// statistics include its views of the training images; "" for
+	// drift.json written before policies (the same as "legacy").
+	DriftPolicy     string                  `json:"drift_policy"`
 	Features        map[string]DriftFeature `json:"features"`
 	OrientationMean []float64               `json:"orientation_mean"`
 	// Thumbnails are the training images' ThumbSize x ThumbSize grey

@@ -315,11 +315,34 @@ def moved(bgr: np.ndarray, shift: float = MOVED_SHIFT) -> np.ndarray:
     return np.ascontiguousarray(bgr[int(h * shift):, int(w * shift):])
 
 
+def inside_light(bgr: np.ndarray) -> np.ndarray:
+    """15% more light: inside the product policy's +-20% (gnl/policy.py)."""
+    return np.clip(np.rint(bgr.astype(np.float32) * 1.15), 0, 255).astype(np.uint8)
+
+
+def inside_focus(bgr: np.ndarray) -> np.ndarray:
+    """A little out of focus: Gaussian sigma 1 pixel at the model's 256-pixel
+    input, scaled to the image, inside the product policy's sigma <= 1.5."""
+    sigma = max(bgr.shape[:2]) / PRESIZE
+    return cv2.GaussianBlur(bgr, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def inside_rotation(bgr: np.ndarray) -> np.ndarray:
+    """A part placed 10 degrees askew: inside the product policy's +-20."""
+    return rotate(bgr, 10.0)
+
+
 def conditions(rng: np.random.Generator) -> dict[str, Any]:
+    """The drift test's conditions. Outside every policy (a technician must
+    look): ImageNet-C severity 3 brightness, contrast, defocus and noise, a
+    moved camera; a 15-degree turn (outside legacy, inside product and
+    vand2). Inside the product policy (no warning wanted when the bundle
+    was trained with it): inside-light, inside-focus, inside-rotation."""
     from gnl import perturb
 
     return {"brightness": perturb.brightness, "contrast": perturb.contrast, "defocus": perturb.defocus,
-            "noise": lambda b: perturb.noise(b, rng), "rotation": rotate, "moved": moved}
+            "noise": lambda b: perturb.noise(b, rng), "rotation": rotate, "moved": moved,
+            "inside-light": inside_light, "inside-focus": inside_focus, "inside-rotation": inside_rotation}
 
 
 def main(argv: list[str] | None = None) -> int:
