@@ -144,7 +144,11 @@ var required = []string{
 
 // Load reads and validates the bundle in dir, including the model file's
 // SHA-256. It does not load the model into TFLite (runtime.New does).
-func Load(dir string) (*Bundle, error) {
+func Load(dir string) (*Bundle, error) { return load(dir, nil) }
+
+// load is Load; a non-nil v checks each file read against a verified
+// signature (LoadSigned).
+func load(dir string, v *verifier) (*Bundle, error) {
 	metaPath := filepath.Join(dir, MetaFile)
 	data, err := os.ReadFile(metaPath)
 	if err != nil {
@@ -152,6 +156,9 @@ func Load(dir string) (*Bundle, error) {
 			return nil, fmt.Errorf("%s: no bundle here (%w); point --model at a folder with model.json and model.tflite, or %s", metaPath, err, fix)
 		}
 		return nil, fmt.Errorf("%s: %w", metaPath, err)
+	}
+	if err := v.check(MetaFile, sum256(data)); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	var raw map[string]any
 	if err := json.Unmarshal(data, &raw); err != nil {
@@ -173,10 +180,19 @@ func Load(dir string) (*Bundle, error) {
 	if err := checkModel(b.ModelPath, b.Meta.ModelSHA256); err != nil {
 		return nil, err
 	}
-	if b.Drift, err = loadDrift(dir); err != nil {
+	// model.json (checked above) holds the model's hash, which checkModel compared.
+	if err := v.check(filepath.Base(b.Meta.ModelFile), strings.ToLower(b.Meta.ModelSHA256)); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	if b.Drift, err = loadDrift(dir, v); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+func sum256(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
 }
 
 // has reports whether the dotted key path exists (and is not null) in m.

@@ -82,15 +82,22 @@ func (d *Drift) Thumbs() ([][]byte, error) {
 	return out, nil
 }
 
-// loadDrift reads dir/drift.json; (nil, nil) when there is none.
-func loadDrift(dir string) (*Drift, error) {
+// loadDrift reads dir/drift.json; (nil, nil) when there is none. With a
+// verifier, a drift.json that was signed must be there and unchanged.
+func loadDrift(dir string, v *verifier) (*Drift, error) {
 	path := filepath.Join(dir, DriftFile)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
+		if _, signed := v.signed(DriftFile); signed {
+			return nil, fmt.Errorf("%s: signed but missing (removed after signing); %s", path, signFix)
+		}
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := v.check(DriftFile, sum256(data)); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	var d Drift
 	if err := json.Unmarshal(data, &d); err != nil {

@@ -44,7 +44,10 @@ const usage = `usage:
   gnlctl calibrate --model BUNDLE --good DIR [--camera NAME] [--dir CALIBRATION_DIR]
                                                           threshold from the line's good images, for gnld
   gnlctl collect --source SOURCE --out DIR [--every 1] [--count 300] [--max-mb 1000]
-                 [--roi X,Y,W,H] [--rotate 0] [--fps 0]   training images from a camera, for gnl fit`
+                 [--roi X,Y,W,H] [--rotate 0] [--fps 0]   training images from a camera, for gnl fit
+  gnlctl keygen --out NAME                                Ed25519 key pair NAME.key, NAME.pub for signed bundles
+  gnlctl sign --key NAME.key BUNDLE...                    write BUNDLE/signature.json
+  gnlctl verify --pubkeys FILE BUNDLE...                  check bundles as gnld does with GNLD_MODEL_PUBKEYS`
 
 // usageError is a mistake on the command line (exit status 2).
 type usageError struct{ msg string }
@@ -59,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate, "collect": collect,
+		"keygen": keygen, "sign": sign, "verify": verify,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

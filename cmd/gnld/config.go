@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"image"
@@ -20,6 +21,7 @@ import (
 
 	"gnld/capture"
 	"gnld/internal/httpserver"
+	"gnld/models"
 	"gnld/publish"
 	"gnld/runtime"
 )
@@ -38,6 +40,7 @@ type Config struct {
 	Cameras        cameraList    `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
 	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
 	ModelRoot      string        `split_words:"true" desc:"Folder of product bundles, one folder per product (<root>/<product>/model.json). Set: every camera follows the product its PLC or MES publishes (retained) on gnl/<site>/<camera>/product, a plain name or JSON {\"product\": NAME}, and scores with that product's bundle from the first frame captured after the message; until the first message a camera scores with its own model. Every product's bundle is loaded at start-up, so a changeover costs no load. A product that cannot be served is refused: the camera's results then say verdict not_scored and why, until a product it can serve. Empty: off."`
+	ModelPubkeys   string        `envconfig:"MODEL_PUBKEYS" desc:"File of trusted Ed25519 public keys, one per line (KEY.pub from gnlctl keygen). Set: gnld serves only bundles signed by one of them (gnlctl sign), at start-up, on reload and at a product changeover; an unsigned bundle, one signed by another key or one whose files are not those signed is refused with one line, and the model in service keeps serving. Empty: bundles need no signature."`
 	ModelWatch     time.Duration `split_words:"true" default:"0s" desc:"Check GNLD_MODEL_DIR this often and reload when its files have changed (and stayed unchanged for one period); 0: off, reload on SIGHUP only."`
 	CalibrationDir string        `split_words:"true" default:"/var/lib/gnld/calibration" desc:"Folder of per-camera thresholds written by gnlctl calibrate (<camera>.json, or _all.json for every camera); read at start-up and on reload. A missing folder means no calibration."`
 	Threads        int           `default:"1" desc:"TFLite CPU threads per interpreter, 1 to 256."`
@@ -86,6 +89,8 @@ type Config struct {
 	cameras []CameraConfig
 	// httpListen is HTTPAddr resolved (loopback for a bare :PORT); "": off.
 	httpListen string
+	// pubkeys are ModelPubkeys' keys; nil: bundles need no signature.
+	pubkeys []ed25519.PublicKey
 }
 
 // CameraConfig holds one camera's GNLD_CAMERA_<NAME>_* variables.
@@ -312,6 +317,13 @@ func validate(c *Config) error {
 		return invalid("DRIFT_WINDOW", c.DriftWindow, "2 to 1000 samples")
 	case !(c.DriftThreshold > 0) || math.IsInf(c.DriftThreshold, 1):
 		return invalid("DRIFT_THRESHOLD", c.DriftThreshold, "a number above 0")
+	}
+	if c.ModelPubkeys != "" {
+		keys, err := models.ReadPublicKeys(c.ModelPubkeys)
+		if err != nil {
+			return fmt.Errorf("GNLD_MODEL_PUBKEYS=%s: %w", c.ModelPubkeys, err)
+		}
+		c.pubkeys = keys
 	}
 	if c.ModelRoot != "" {
 		if st, err := os.Stat(c.ModelRoot); err != nil || !st.IsDir() {

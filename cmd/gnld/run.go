@@ -138,7 +138,7 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 		refusedFP: map[string]string{}}
 	d.reg = registry.New(runtime.Options{Threads: cfg.Threads, Delegate: cfg.Delegate}, func(cameras int) int {
 		return pipeline.Interpreters(cfg.Interpreters, cameras, cfg.Threads)
-	})
+	}, cfg.pubkeys)
 	ws := make([]want, len(cfg.cameras))
 	for i, cc := range cfg.cameras {
 		ws[i].dir, _ = cfg.modelDir(cc)

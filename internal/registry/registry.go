@@ -11,6 +11,7 @@
 package registry
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"math"
@@ -52,6 +53,7 @@ func (t Timings) Total() time.Duration { return t.Load + t.Build + t.Warmup }
 type Registry struct {
 	opts         runtime.Options
 	interpreters func(cameras int) int
+	keys         []ed25519.PublicKey // trusted signers; none: bundles need no signature
 
 	mu    sync.Mutex
 	byDir map[string]*Loaded
@@ -60,9 +62,10 @@ type Registry struct {
 
 // New makes a registry whose bundles run with opts; interpreters says how
 // many interpreters a bundle shared by `cameras` cameras gets
-// (pipeline.Interpreters with gnld's settings).
-func New(opts runtime.Options, interpreters func(cameras int) int) *Registry {
-	return &Registry{opts: opts, interpreters: interpreters, byDir: map[string]*Loaded{}, busy: map[string]*sync.Mutex{}}
+// (pipeline.Interpreters with gnld's settings). With keys, it loads only
+// bundles signed by one of them (models.LoadSigned).
+func New(opts runtime.Options, interpreters func(cameras int) int, keys []ed25519.PublicKey) *Registry {
+	return &Registry{opts: opts, interpreters: interpreters, keys: keys, byDir: map[string]*Loaded{}, busy: map[string]*sync.Mutex{}}
 }
 
 // Load loads the bundle in dir afresh for `cameras` cameras and checks it:
@@ -114,7 +117,13 @@ func (r *Registry) folderLock(dir string) *sync.Mutex {
 func (r *Registry) load(dir string, cameras int) (*Loaded, error) {
 	l := &Loaded{Dir: dir, Fingerprint: Fingerprint(dir)}
 	t0 := time.Now()
-	b, err := models.Load(dir)
+	var b *models.Bundle
+	var err error
+	if len(r.keys) > 0 {
+		b, err = models.LoadSigned(dir, r.keys)
+	} else {
+		b, err = models.Load(dir)
+	}
 	if err != nil {
 		return nil, err
 	}

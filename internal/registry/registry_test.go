@@ -17,7 +17,7 @@ const (
 )
 
 func newRegistry() *Registry {
-	return New(runtime.Options{Threads: 1}, func(cameras int) int { return pipeline.Interpreters(0, cameras, 1) })
+	return New(runtime.Options{Threads: 1}, func(cameras int) int { return pipeline.Interpreters(0, cameras, 1) }, nil)
 }
 
 // copyBundle copies a bundle's files into a new folder (so a test may touch them).
