@@ -75,6 +75,24 @@ func StartAuth(t testing.TB, user, password string) *Broker {
 	return b
 }
 
+// StartConf runs mosquitto like Start with extra lines appended to its
+// configuration: a bridge section, queue limits.
+func StartConf(t testing.TB, extra string) *Broker {
+	t.Helper()
+	b := start(t, "tcp", "")
+	b.Stop()
+	conf := filepath.Join(b.dir, "mosquitto.conf")
+	base, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, append(base, []byte("\n"+extra+"\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart()
+	return b
+}
+
 func start(t testing.TB, scheme, listenerConf string) *Broker {
 	if testing.Short() {
 		t.Skip("integration test with a real broker; skipped with -short")
