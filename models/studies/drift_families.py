@@ -14,7 +14,9 @@ every checkpoint. Per condition and checkpoint it records:
 - the trained map alone (the memory's weight set to 0): image AUROC;
 - the whole map (with the memory): image AUROC, false alarms on test/good at
   the checkpoint's own threshold (its calibration: clean held-back images and,
-  unless legacy, the policy's views of them), and defects found at it.
+  unless legacy, the policy's views of them), and defects found at it; and
+  the same at the threshold from the clean held-back images alone
+  (calibration.json's threshold_clean), to show what the policy's threshold trades.
 The int8 bundles' figures (what gnld does) come from `gnlctl eval`; these are
 the float model's, to split VAND 2.0 into its parts.
 """
@@ -93,6 +95,8 @@ def main() -> int:
         policy, ckpt = run.split("=", 1)
         loaded = load_model(ckpt)
         model, spec, threshold = loaded.scorer.model, loaded.scorer.spec, loaded.threshold
+        cal = Path(ckpt).parent / "calibration.json"  # the clean-only threshold beside the policy's
+        clean_threshold = json.loads(cal.read_text()).get("threshold_clean", threshold) if cal.is_file() else threshold
         runs[policy] = ckpt
         for name, family in FAMILIES.items():
             t0 = time.monotonic()
@@ -106,7 +110,10 @@ def main() -> int:
                    "auroc": round(100 * auroc(good, bad), 2),
                    "false_alarms": int((good >= threshold).sum()), "good": int(good.size),
                    "detected": int((bad >= threshold).sum()), "defects": int(bad.size),
-                   "threshold": round(threshold, 4), "seconds": round(time.monotonic() - t0, 1)}
+                   "threshold": round(threshold, 4),
+                   "false_alarms_at_clean_threshold": int((good >= clean_threshold).sum()),
+                   "detected_at_clean_threshold": int((bad >= clean_threshold).sum()),
+                   "clean_threshold": round(clean_threshold, 4), "seconds": round(time.monotonic() - t0, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {"command": "tools/sidroot run python3 models/studies/drift_families.py --data " + str(a.data) +
