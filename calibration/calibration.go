@@ -172,6 +172,11 @@ type Record struct {
 		Q995   float64 `json:"q995"`
 	} `json:"scores"`
 	BundleThreshold float64 `json:"bundle_threshold"` // model.json threshold.value, for comparison
+	// PolicyMargin was added to the rule's threshold: how far the bundle's
+	// drift policy raised its own threshold above the clean-only one
+	// (models.Threshold.PolicyMargin), so that drift the model was trained
+	// to take as normal stays below the line's threshold too. 0: none.
+	PolicyMargin float64 `json:"policy_margin,omitempty"`
 }
 
 // New makes the record for the scores of the good images in source,

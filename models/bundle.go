@@ -120,6 +120,21 @@ type Threshold struct {
 	Normal           *float64 `json:"normal"`
 	NormalQuantile   *float64 `json:"normal_quantile"`
 	F1Optimal        *float64 `json:"f1_optimal"`
+	// Clean is the same rule on the clean held-back images alone, when
+	// Value also saw them in the drift policy's views (Policy); nil for
+	// bundles from before drift policies and for the legacy policy.
+	Clean  *float64 `json:"clean"`
+	Policy string   `json:"policy"`
+}
+
+// PolicyMargin is how far the drift policy's views raised the threshold
+// above the clean-only one (0 when there is none): gnlctl calibrate keeps
+// it on top of a threshold from the line's own good parts.
+func (t Threshold) PolicyMargin() float64 {
+	if t.Clean == nil || t.Value <= *t.Clean {
+		return 0
+	}
+	return t.Value - *t.Clean
 }
 
 // Training records what the model was trained on.

@@ -77,6 +77,14 @@ func calibrate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// The line's good parts set the level; the drift policy's margin, measured
+	// when the bundle was made, stays on top (models.Threshold.PolicyMargin).
+	if margin := m.Threshold.PolicyMargin(); margin > 0 {
+		rec.Threshold += margin
+		rec.PolicyMargin = margin
+		rec.RuleDescription += fmt.Sprintf(", plus the drift policy's margin %.4g (%s: the bundle's threshold over its clean-only one)",
+			margin, m.Threshold.Policy)
+	}
 	path, err := calibration.Write(*dir, rec)
 	if err != nil {
 		return err
