@@ -111,6 +111,10 @@ func TestRuleMatchesToolchainOnDefaultBundle(t *testing.T) {
 		Target    *float64  `json:"false_alarm_target"`
 		Quantile  *float64  `json:"normal_quantile"`
 		Threshold float64   `json:"threshold"`
+		// A drift policy's views of the same images, which the threshold
+		// also saw (gnl/policy.py); the clean-only threshold beside it.
+		Views []float64 `json:"view_scores"`
+		Clean *float64  `json:"threshold_clean"`
 	}
 	b, err := os.ReadFile("../models/default/calibration.json")
 	if err != nil || json.Unmarshal(b, &cal) != nil || len(cal.Scores) == 0 {
@@ -120,8 +124,13 @@ func TestRuleMatchesToolchainOnDefaultBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := rule.Threshold(cal.Scores)
-	t.Logf("%d scores, rule %s: %.7f, toolchain %.7f", len(cal.Scores), rule, got, cal.Threshold)
+	got := rule.Threshold(append(slices.Clone(cal.Scores), cal.Views...))
+	t.Logf("%d scores (%d of them in the drift policy's views), rule %s: %.7f, toolchain %.7f", len(cal.Scores)+len(cal.Views), len(cal.Views), rule, got, cal.Threshold)
+	if cal.Clean != nil {
+		if clean := rule.Threshold(cal.Scores); math.Abs(clean-*cal.Clean) > 1e-5 {
+			t.Errorf("rule %s on the clean scores gives %.7f, the toolchain's threshold_clean %.7f", rule.Name, clean, *cal.Clean)
+		}
+	}
 	if math.Abs(got-cal.Threshold) > 1e-5 {
 		t.Errorf("rule %s gives %.7f, the toolchain %.7f from the same scores: align package calibration with models/gnl/threshold.py", rule.Name, got, cal.Threshold)
 	}
