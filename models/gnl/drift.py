@@ -63,6 +63,7 @@ THUMB_SIZE = 8
 ORIENTATION_BINS = 8
 BLACK_PERCENTILE = 0.005
 POLICY_STREAM = 6  # the drift policy's views of the training images: default_rng([seed, POLICY_STREAM])
+POLICY_VIEWS = 4  # views per training image in the reference (a turned frame finds a turned thumbnail)
 QUANTILES = (0.005, 0.05, 0.16, 0.5, 0.84, 0.95, 0.995)
 
 # Features in drift.json order. Two-sided: both directions are drift;
@@ -138,12 +139,26 @@ def orientation_distance(hist: np.ndarray, mean_hist: np.ndarray) -> float:
     return 0.5 * float(np.abs(hist - mean_hist).sum())
 
 
-def layout_distances(thumbs: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """RMS distance of each thumbnail to its nearest reference thumbnail."""
-    d2 = ((thumbs[:, None, :] - reference[None, :, :]) ** 2).mean(axis=2)
-    if exclude_self:
-        np.fill_diagonal(d2, np.inf)
-    return np.sqrt(d2.min(axis=1))
+def layout_distances(thumbs: np.ndarray, reference: np.ndarray, exclude_self: bool = False,
+                     groups: np.ndarray | None = None) -> np.ndarray:
+    """RMS distance of each thumbnail to its nearest reference thumbnail.
+    With `exclude_self` (thumbs is reference) a thumbnail is not compared
+    with itself, nor, given `groups`, with another of its group (the views
+    of one training image). In chunks, so that thousands of thumbnails fit."""
+    out = np.empty(len(thumbs))
+    r = reference.astype(np.float64)
+    r2 = (r ** 2).sum(axis=1)
+    for i in range(0, len(thumbs), 512):
+        t = thumbs[i:i + 512].astype(np.float64)
+        d2 = np.maximum(((t ** 2).sum(axis=1)[:, None] + r2[None, :] - 2 * t @ r.T) / r.shape[1], 0.0)
+        if exclude_self:
+            rows = np.arange(i, i + len(t))
+            if groups is not None:
+                d2[groups[rows][:, None] == groups[None, :]] = np.inf
+            else:
+                d2[np.arange(len(t)), rows] = np.inf
+        out[i:i + len(t)] = np.sqrt(d2.min(axis=1))
+    return out
 
 
 def _summary(name: str, values: Sequence[float]) -> dict[str, Any]:
@@ -165,16 +180,22 @@ def image_stats(paths: Sequence[str | Path], drift_policy: str = "legacy", seed:
     one summary per image feature, the mean orientation histogram and the
     thumbnails that `layout` is measured against. Unless the bundle's drift
     policy is legacy, each image also counts in one view of the policy
-    (gnl/policy.py, at the model's input size PRESIZE), so that drift the
-    model was trained to take as normal stays inside the normal range."""
+    (gnl/policy.py, at the model's input size PRESIZE), POLICY_VIEWS times,
+    so that drift the model was trained to take as normal stays inside the
+    normal range; `layout`'s reference distance of an image skips the
+    other views of the same image."""
     from gnl import policy
 
     if len(paths) < 2:
         raise DriftError(f"{len(paths)} image(s); drift statistics need at least 2 training images")
     images = [_read(p) for p in paths]
+    groups = list(range(len(images)))  # which training image each entry shows
     if drift_policy != policy.LEGACY:
         view, rng = policy.view_fn(drift_policy), np.random.default_rng([seed, POLICY_STREAM])
-        images += [view(cv2.resize(im, (PRESIZE, PRESIZE), interpolation=cv2.INTER_LINEAR), rng) for im in images]
+        sized = [cv2.resize(im, (PRESIZE, PRESIZE), interpolation=cv2.INTER_LINEAR) for im in images]
+        for k in range(POLICY_VIEWS):
+            images += [view(im, rng) for im in sized]
+            groups += list(range(len(sized)))
     feats = [raw_features(im) for im in images]
     hists = np.stack([f["orientation_hist"] for f in feats])
     raw_thumbs = np.stack([f["thumbnail"] for f in feats])
@@ -184,7 +205,8 @@ def image_stats(paths: Sequence[str | Path], drift_policy: str = "legacy", seed:
     features["orientation"] = _summary("orientation", [orientation_distance(h, mean_hist) for h in hists])
     # Each training image against the others: the distance a new image of
     # the same scene has to its nearest training image.
-    features["layout"] = _summary("layout", layout_distances(thumbs, thumbs, exclude_self=True).tolist())
+    features["layout"] = _summary("layout", layout_distances(thumbs, thumbs, exclude_self=True,
+                                                             groups=np.asarray(groups)).tolist())
     return {
         "images": len(paths), "policy_views": len(images) - len(paths),
         "features": features,

@@ -8,7 +8,8 @@ engineer who would rather look than read logs:
   threshold: normal dots left of the line and defect dots right of it is
   what a good model looks like;
 - bottom: the held-back normal images that score highest, with their heat
-  maps (one colour scale, from 0 to the threshold: red reaches it).
+  maps (one colour scale, from the lowest value of those maps to the
+  threshold: red reaches it).
 
 Drawn with OpenCV alone (the toolchain has no plotting library).
 """
@@ -23,8 +24,8 @@ import numpy as np
 
 from gnl.report import overlay
 
-W, H = 1200, 860
-PANEL_H = 380
+W, H = 1200, 760
+PANEL_H = 400
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
 BLUE, ORANGE, GREEN, RED = (200, 110, 30), (20, 140, 245), (60, 160, 60), (40, 40, 220)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -46,9 +47,9 @@ def _curve(img: np.ndarray, box: tuple[int, int, int, int], values: Sequence[flo
 
 
 def _training(img: np.ndarray, epochs: Sequence[dict]) -> None:
-    x0, y0, w, h = 60, 70, 480, 260
+    x0, y0, w, h = 60, 90, 480, 260
     cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), GREY, 1)
-    _text(img, "training (stage 1), per epoch", x0, 40, 0.65)
+    _text(img, "training (stage 1), per epoch", x0, 75, 0.65)
     if not epochs:
         _text(img, "no stage-1 epochs recorded", x0 + 20, y0 + h // 2)
         return
@@ -63,9 +64,9 @@ def _training(img: np.ndarray, epochs: Sequence[dict]) -> None:
 
 def _scores(img: np.ndarray, normal: np.ndarray, views: np.ndarray, synthetic: np.ndarray,
             threshold: float) -> None:
-    x0, y0, w, h = 640, 70, 500, 260
+    x0, y0, w, h = 640, 90, 500, 260
     cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), GREY, 1)
-    _text(img, "held-back images: scores against the threshold", x0, 40, 0.65)
+    _text(img, "held-back images: scores against the threshold", x0, 75, 0.65)
     every = np.concatenate([normal, views, synthetic, [threshold]])
     lo, hi = float(every.min()), float(every.max())
     span = max(hi - lo, 1e-12)
@@ -96,14 +97,17 @@ def write_fit_report(path: Path, epochs: Sequence[dict], normal: np.ndarray, vie
     """OUT/fit.png; `worst` holds (image, map at input size, score) of the
     highest-scoring held-back normal images."""
     img = np.full((H, W, 3), 255, np.uint8)
-    _text(img, title, 20, 20, 0.55)
+    head, _, tail = title.partition("; ")
+    _text(img, head, 20, 18, 0.5)
+    _text(img, tail, 20, 36, 0.45, GREY)
+    lo = min((float(m.min()) for _, m, _ in worst[:5]), default=0.0)
     _training(img, epochs)
     _scores(img, np.asarray(normal), np.asarray(views), np.asarray(synthetic), threshold)
-    _text(img, "held-back normal images that score highest (red reaches the threshold)", 60, PANEL_H + 50, 0.65)
+    _text(img, "held-back normal images that score highest (red reaches the threshold)", 60, PANEL_H + 40, 0.65)
     cell = 200
     for i, (im, amap, score) in enumerate(worst[:5]):
-        tile = cv2.resize(overlay(im, amap, 0.0, threshold), (cell, cell), interpolation=cv2.INTER_AREA)
-        x, y = 60 + i * (cell + 24), PANEL_H + 75
+        tile = cv2.resize(overlay(im, amap, lo, threshold), (cell, cell), interpolation=cv2.INTER_AREA)
+        x, y = 60 + i * (cell + 24), PANEL_H + 60
         img[y:y + cell, x:x + cell] = tile
         _text(img, f"score {score:.3f}", x, y + cell + 22, 0.5, RED if score >= threshold else BLACK)
     path.parent.mkdir(parents=True, exist_ok=True)

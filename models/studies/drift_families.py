@@ -116,12 +116,18 @@ def main() -> int:
                    "clean_threshold": round(clean_threshold, 4), "seconds": round(time.monotonic() - t0, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        write(a, runs, rows)
+    write(a, runs, rows)
+    return 0
+
+
+def write(a: argparse.Namespace, runs: dict, rows: list) -> None:
+    """The JSON so far: written after each checkpoint, so a long run keeps what it has."""
     out = {"command": "tools/sidroot run python3 models/studies/drift_families.py --data " + str(a.data) +
            " --out " + str(a.out) + " " + " ".join(a.runs),
            "scored": "float PyTorch, MTD test set, each family from default_rng(0) in sorted order",
            "runs": runs, "rows": rows}
     a.out.write_text(json.dumps(out, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

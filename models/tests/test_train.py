@@ -59,7 +59,7 @@ def test_fit_then_resume(tmp_path: Path) -> None:
     assert calib["drift_policy"] == "product" and len(calib["view_scores"]) == 2 * 4
     assert calib["threshold"] >= calib["threshold_clean"] - 1e-9 or max(calib["view_scores"]) < max(calib["normal_scores"])
     page = cv2.imread(str(out / "fit.png"))
-    assert page is not None and page.shape[:2] == (860, 1200)  # the one-page picture
+    assert page is not None and page.shape[:2] == (760, 1200)  # the one-page picture
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["config"]["image_size"] == 64
     assert ckpt["calibration"]["threshold"] == calib["threshold"]
