@@ -127,7 +127,8 @@ func TestLoadDrift(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.Drift == nil || b.Drift.Images < 2 || len(b.Drift.Thumbnails) != b.Drift.Images {
+	// A thumbnail per training image and per view of the drift policy (gnl/drift.py).
+	if b.Drift == nil || b.Drift.Images < 2 || len(b.Drift.Thumbnails) != b.Drift.Images+b.Drift.PolicyViews {
 		t.Fatalf("default bundle: drift %+v", b.Drift)
 	}
 	for _, name := range append(DriftImageFeatures, DriftScore) {

@@ -48,7 +48,10 @@ type Drift struct {
 	// DriftPolicy is the bundle's drift policy (gnl/policy.py) when the
 	// statistics include its views of the training images; "" for
 	// drift.json written before policies (the same as "legacy").
-	DriftPolicy     string                  `json:"drift_policy"`
+	DriftPolicy string `json:"drift_policy"`
+	// PolicyViews counts the policy's views of the training images that the
+	// statistics (and Thumbnails, after the images') also hold.
+	PolicyViews     int                     `json:"policy_views"`
 	Features        map[string]DriftFeature `json:"features"`
 	OrientationMean []float64               `json:"orientation_mean"`
 	// Thumbnails are the training images' ThumbSize x ThumbSize grey
