@@ -9,21 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// copyDir copies a bundle's files into a new folder.
-func copyDir(t *testing.T, from string) string {
-	dir := t.TempDir()
-	entries, _ := os.ReadDir(from)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
-	}
-	return dir
-}
+	"gnld/internal/testfiles"
+)
 
 func newKey(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -41,7 +29,7 @@ func TestSignedBundles(t *testing.T) {
 	other, otherPriv := newKey(t)
 	keys := []ed25519.PublicKey{other, pub}
 	signed := func(t *testing.T) string {
-		dir := copyDir(t, "default") // has drift.json
+		dir := testfiles.CopyDir(t, "default") // has drift.json
 		if _, err := Sign(dir, priv); err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +89,7 @@ func TestSignedBundles(t *testing.T) {
 		})
 	}
 	// Unsigned bundles still load without keys (GNLD_MODEL_PUBKEYS unset).
-	if _, err := Load(copyDir(t, "default")); err != nil {
+	if _, err := Load(testfiles.CopyDir(t, "default")); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"time"
@@ -170,27 +171,24 @@ func (d *daemon) wants() []want {
 	return ws
 }
 
-// watchedFingerprint identifies the files of every bundle folder in
-// service (registry.Fingerprint), for GNLD_MODEL_WATCH.
-func (d *daemon) watchedFingerprint(ws []want) string {
-	seen := map[string]bool{}
-	var sb strings.Builder
+// fingerprints identifies the files of every bundle folder in service:
+// folder -> registry.Fingerprint, for GNLD_MODEL_WATCH.
+func fingerprints(ws []want) map[string]string {
+	fps := make(map[string]string, len(ws))
 	for _, w := range ws {
-		if !seen[w.dir] {
-			seen[w.dir] = true
-			sb.WriteString(registry.Fingerprint(w.dir) + "\n")
+		if _, ok := fps[w.dir]; !ok {
+			fps[w.dir] = registry.Fingerprint(w.dir)
 		}
 	}
-	return sb.String()
+	return fps
 }
 
-// changedOnDisk reports whether a bundle folder in service has changed
-// since the registry loaded it, and since a reload last refused it.
-// Called under reloadMu.
-func (d *daemon) changedOnDisk(ws []want) bool {
-	for _, w := range ws {
-		fp := registry.Fingerprint(w.dir)
-		if l := d.reg.Loaded(w.dir); (l == nil || l.Fingerprint != fp) && d.refusedFP[w.dir] != fp {
+// changedOnDisk reports whether a bundle folder in service (fps, from
+// fingerprints) has changed since the registry loaded it, and since a
+// reload last refused it. Called under reloadMu.
+func (d *daemon) changedOnDisk(fps map[string]string) bool {
+	for dir, fp := range fps {
+		if l := d.reg.Loaded(dir); (l == nil || l.Fingerprint != fp) && d.refusedFP[dir] != fp {
 			return true
 		}
 	}
@@ -269,7 +267,7 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 		defer t.Stop()
 		tick = t.C
 	}
-	var last string // the fingerprint seen at the previous tick
+	var last map[string]string // the fingerprints seen at the previous tick
 	for {
 		select {
 		case <-ctx.Done():
@@ -278,16 +276,15 @@ func (d *daemon) reloads(ctx context.Context, hup <-chan os.Signal) {
 			d.log.Info("model: SIGHUP, reloading", "dir", d.cfg.ModelDir)
 			d.reloadNotified(ctx)
 		case <-tick:
-			ws := d.wants()
-			fp := d.watchedFingerprint(ws)
+			fps := fingerprints(d.wants())
 			d.reloadMu.Lock()
-			changed := d.changedOnDisk(ws)
+			changed := d.changedOnDisk(fps)
 			d.reloadMu.Unlock()
-			if changed && fp == last {
+			if changed && maps.Equal(fps, last) {
 				d.log.Info("model: GNLD_MODEL_DIR changed, reloading", "dir", d.cfg.ModelDir)
 				d.reloadNotified(ctx)
 			}
-			last = fp
+			last = fps
 		}
 	}
 }

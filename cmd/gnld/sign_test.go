@@ -12,20 +12,13 @@ import (
 	"time"
 
 	"gnld/internal/testbroker"
+	"gnld/internal/testfiles"
 	"gnld/models"
 )
 
 // signedCopy copies bundle from into a new folder and signs it with priv.
 func signedCopy(t *testing.T, from string, priv ed25519.PrivateKey) string {
-	dir := t.TempDir()
-	entries, _ := os.ReadDir(from)
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
-	}
+	dir := testfiles.CopyDir(t, from)
 	if priv != nil {
 		if _, err := models.Sign(dir, priv); err != nil {
 			t.Fatal(err)

@@ -138,11 +138,6 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// SetModel replaces gnld_model_info with the model in force.
-func (m *Metrics) SetModel(name, version, sha256 string) {
-	m.SetModels([]ModelInfo{{name, version, sha256}})
-}
-
 // SetModels replaces gnld_model_info with the models in force, one series
 // per distinct model (cameras with models of their own, or products).
 func (m *Metrics) SetModels(all []ModelInfo) {

@@ -66,8 +66,8 @@ func TestScrape(t *testing.T) {
 		},
 		Publisher: func() PublisherStats { return PublisherStats{Connected: true, SpoolLen: 5, Published: 9} },
 	})
-	m.SetModel("old", "1", "aa")
-	m.SetModel("gnl", "2", "bb") // a swap replaces the info series
+	m.SetModels([]ModelInfo{{"old", "1", "aa"}})
+	m.SetModels([]ModelInfo{{"gnl", "2", "bb"}}) // a swap replaces the info series
 	cam := m.Camera("line1")
 	m.Camera("line2") // exists before any frame
 	cam.Observe(1.0, 2.0, time.Millisecond, 150*time.Millisecond, 2*time.Millisecond, 200*time.Millisecond)

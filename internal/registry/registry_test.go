@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"gnld/internal/testfiles"
 	"gnld/pipeline"
 	"gnld/runtime"
 )
@@ -20,30 +21,13 @@ func newRegistry() *Registry {
 	return New(runtime.Options{Threads: 1}, func(cameras int) int { return pipeline.Interpreters(0, cameras, 1) }, nil)
 }
 
-// copyBundle copies a bundle's files into a new folder (so a test may touch them).
-func copyBundle(t *testing.T, from string) string {
-	dir := t.TempDir()
-	entries, err := os.ReadDir(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
-	}
-	return dir
-}
-
 // One load per folder however often it is asked for, a fresh one once
 // its files change, and the old one still scoring for a camera that has
 // not switched yet.
 func TestGetLoadsOncePerFolderAndAgainWhenItChanges(t *testing.T) {
 	r := newRegistry()
 	defer r.Close()
-	dir := copyBundle(t, tiny)
+	dir := testfiles.CopyDir(t, tiny)
 	a, err := r.Get(dir, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +59,7 @@ func TestGetLoadsOncePerFolderAndAgainWhenItChanges(t *testing.T) {
 func TestLoadRefusedKeepsTheOldOne(t *testing.T) {
 	r := newRegistry()
 	defer r.Close()
-	dir := copyBundle(t, tiny)
+	dir := testfiles.CopyDir(t, tiny)
 	a, err := r.Load(dir, 1)
 	if err != nil {
 		t.Fatal(err)
