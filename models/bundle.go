@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // MetaFile is the metadata file's name inside a bundle.
@@ -93,6 +94,45 @@ type Memory struct {
 	Dims   int     `json:"dims,omitempty"`
 	Stride int     `json:"stride,omitempty"`
 	Weight float64 `json:"weight"`
+	// Teach says where gnld can teach the memory (package teach); nil for
+	// bundles made before it (`gnl teachable BUNDLE` upgrades them).
+	Teach *Teach `json:"teach,omitempty"`
+}
+
+// Teach is where a teachable memory lies (BUNDLE.md, "Teaching";
+// gnl/teachable.py): the model's output that holds each frame's
+// descriptors [1, Height, Width, Dims] (float32), and per chunk of the
+// bank the byte offsets in the model file of its filter (Rows x Dims
+// float32: twice each descriptor) and bias (Rows float32: minus each
+// descriptor's squared length). Taught lists the frames taught so far.
+type Teach struct {
+	Output int          `json:"output"`
+	Height int          `json:"height"`
+	Width  int          `json:"width"`
+	Dims   int          `json:"dims"`
+	Chunks []TeachChunk `json:"chunks"`
+	Taught []Taught     `json:"taught,omitempty"`
+}
+
+// TeachChunk is one 1x1 convolution of the bank.
+type TeachChunk struct {
+	FilterOffset int64 `json:"filter_offset"`
+	BiasOffset   int64 `json:"bias_offset"`
+	Rows         int   `json:"rows"`
+}
+
+// Taught is one frame made normal by teaching: where it came from, who
+// taught it, the bank rows its descriptors replaced, and its score before
+// and after (the same bundle's threshold).
+type Taught struct {
+	Frame       string    `json:"frame"`
+	Camera      string    `json:"camera,omitempty"`
+	By          string    `json:"by,omitempty"`
+	At          time.Time `json:"at"`
+	From        string    `json:"from"` // the version taught
+	Rows        []int     `json:"rows"`
+	ScoreBefore float64   `json:"score_before"`
+	ScoreAfter  float64   `json:"score_after"`
 }
 
 // Quantization of an integer tensor: real = (q - ZeroPoint) * Scale; Scale 0 for float.
@@ -267,10 +307,37 @@ func (m *Meta) validate() error {
 		// 1e300 overflowed its size, and both aborted gnld (FuzzBundle).
 		return bad("postprocess.blur_sigma", p.BlurSigma, fmt.Sprintf("a positive number up to the input's larger side, %d", max(in.Width, in.Height)))
 	}
+	if err := m.Memory.validate(); err != nil {
+		return err
+	}
 	if !(m.Threshold.Value > 0) {
 		// Scores are maxima of a non-negative map: a threshold of 0 or
 		// less would call every frame anomalous.
 		return bad("threshold.value", m.Threshold.Value, "a positive number (re-export the bundle, or run gnlctl calibrate)")
+	}
+	return nil
+}
+
+// validate checks a memory's teach layout against its size and dims; the
+// offsets against the model file's size are checked by package teach,
+// which reads them.
+func (m *Memory) validate() error {
+	if m == nil || m.Teach == nil {
+		return nil
+	}
+	t, rows := m.Teach, 0
+	if t.Output < 1 || t.Height <= 0 || t.Width <= 0 || t.Dims <= 0 || t.Dims != m.Dims {
+		return fmt.Errorf(`"memory.teach" output %d, %dx%dx%d, want output >= 1 and dims %d (memory.dims)`,
+			t.Output, t.Height, t.Width, t.Dims, m.Dims)
+	}
+	for i, c := range t.Chunks {
+		if c.Rows <= 0 || c.FilterOffset <= 0 || c.BiasOffset <= 0 || c.FilterOffset%4 != 0 || c.BiasOffset%4 != 0 {
+			return fmt.Errorf(`"memory.teach.chunks[%d]" is %+v, want positive rows and 4-byte aligned offsets`, i, c)
+		}
+		rows += c.Rows
+	}
+	if rows != m.Size {
+		return fmt.Errorf(`"memory.teach.chunks" hold %d rows, want %d (memory.size)`, rows, m.Size)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"math"
 	goruntime "runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -245,7 +246,25 @@ func (m *Model) checkTensors(ip *runtime.Interpreter) error {
 	case string(out.DType) != mo.DType:
 		return fail("output dtype", out.DType, mo.DType)
 	}
+	if t := teachLayout(b.Meta); t != nil {
+		x := ip.Extra()
+		want := []int{1, t.Height, t.Width, t.Dims}
+		if x == nil || x.Info().DType != runtime.Float32 || !slices.Equal(x.Info().Shape, want) {
+			var got any = "missing"
+			if x != nil {
+				got = fmt.Sprint(x.Info().DType, x.Info().Shape)
+			}
+			return fail("output 1 (memory descriptors)", got, fmt.Sprint("float32", want, " (memory.teach)"))
+		}
+	}
 	return nil
+}
+
+func teachLayout(m models.Meta) *models.Teach {
+	if m.Memory == nil {
+		return nil
+	}
+	return m.Memory.Teach
 }
 
 // SetThreshold overrides the bundle's threshold (per-camera setting).
@@ -269,7 +288,24 @@ func (p *Pipeline) Placement() runtime.Placement { return p.model.Placement() }
 var ErrFrame = errors.New("unusable frame")
 
 // Process scores one 8-bit BGR frame of any size. The frame is only read.
-func (p *Pipeline) Process(frame gocv.Mat) (Result, error) {
+func (p *Pipeline) Process(frame gocv.Mat) (Result, error) { return p.process(frame, nil) }
+
+// Descriptors scores frame as Process does and also returns a copy of a
+// teachable memory's descriptors of it (model.json memory.teach: Height x
+// Width x Dims, row-major), for package teach. Not for the hot path.
+func (p *Pipeline) Descriptors(frame gocv.Mat) (Result, []float32, error) {
+	t := teachLayout(p.meta)
+	if t == nil {
+		return Result{}, nil, fmt.Errorf("%s: the model's memory is not teachable (no memory.teach in %s); "+
+			"upgrade the bundle with `gnl teachable BUNDLE`", p.model.bundle.Dir, models.MetaFile)
+	}
+	d := make([]float32, t.Height*t.Width*t.Dims)
+	res, err := p.process(frame, d)
+	return res, d, err
+}
+
+// process is Process; a non-nil extra receives a copy of output 1.
+func (p *Pipeline) process(frame gocv.Mat, extra []float32) (Result, error) {
 	t0 := time.Now()
 	px, err := p.resize(frame)
 	if err != nil {
@@ -287,6 +323,9 @@ func (p *Pipeline) Process(frame gocv.Mat) (Result, error) {
 	}
 	t4 := time.Now()
 	p.readOutput(ip.Output())
+	if extra != nil {
+		copy(extra, ip.Extra().Float32s())
+	}
 	p.model.free <- ip
 	score := p.postRaw()
 	t5 := time.Now()

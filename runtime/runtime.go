@@ -6,9 +6,10 @@
 // on failure it falls back to XNNPACK, then to TFLite's builtin kernels, with
 // a warning), allocates tensors and checks that the model has the
 // shape gnld expects: one NHWC image input [1,H,W,3] and one map output
-// [1,h,w,1] or [1,h,w], each float32, int8 or uint8. The caller then writes
-// the input through Input(), calls Invoke and reads Output(), as often as it
-// likes, and finally calls Close once.
+// [1,h,w,1] or [1,h,w], each float32, int8 or uint8, and at most one more
+// output (Extra: a teachable memory's descriptors, BUNDLE.md). The caller
+// then writes the input through Input(), calls Invoke and reads Output(),
+// as often as it likes, and finally calls Close once.
 //
 // An Interpreter is NOT safe for concurrent use: TFLite interpreters keep
 // per-call state in their tensors. Use one per goroutine at a time
@@ -54,6 +55,7 @@ type Interpreter struct {
 	applied   string
 	placement Placement
 	in, out   *Tensor
+	extra     *Tensor // output 1, or nil
 }
 
 // New loads modelPath and prepares it to run with opt: LoadModel and one
@@ -130,8 +132,8 @@ func (ip *Interpreter) check(modelPath string) (*Interpreter, error) {
 		ip.Close()
 		return nil, fmt.Errorf("%s: %s; export an image-to-map model with `gnl export`", modelPath, fmt.Sprintf(format, a...))
 	}
-	if n, m := ip.interp.GetInputTensorCount(), ip.interp.GetOutputTensorCount(); n != 1 || m != 1 {
-		return fail("model has %d inputs and %d outputs, want 1 and 1", n, m)
+	if n, m := ip.interp.GetInputTensorCount(), ip.interp.GetOutputTensorCount(); n != 1 || m < 1 || m > 2 {
+		return fail("model has %d inputs and %d outputs, want 1 and 1 (or 2: the map and a teachable memory's descriptors)", n, m)
 	}
 	in, err := newTensor(ip.interp.GetInputTensor(0))
 	if err != nil {
@@ -148,6 +150,13 @@ func (ip *Interpreter) check(modelPath string) (*Interpreter, error) {
 	if !(len(s) == 4 && s[0] == 1 && s[3] == 1) && !(len(s) == 3 && s[0] == 1) {
 		return fail("output shape %v, want [1 h w 1] or [1 h w]", s)
 	}
+	if ip.interp.GetOutputTensorCount() == 2 {
+		extra, err := newTensor(ip.interp.GetOutputTensor(1))
+		if err != nil {
+			return fail("output 1: %v", err)
+		}
+		ip.extra = extra
+	}
 	ip.in, ip.out = in, out
 	return ip, nil
 }
@@ -158,6 +167,11 @@ func (ip *Interpreter) Input() *Tensor { return ip.in }
 // Output is the output tensor; its buffer holds the result of the last
 // Invoke until the next one.
 func (ip *Interpreter) Output() *Tensor { return ip.out }
+
+// Extra is output 1 (a teachable memory's descriptors, read by package
+// teach), or nil for a model with one output. Like Output, valid until the
+// next Invoke.
+func (ip *Interpreter) Extra() *Tensor { return ip.extra }
 
 // Delegate says which delegate setting the model runs with: "xnnpack",
 // "builtin", "gpu" or the plugin's path (after any fallback).

@@ -47,7 +47,8 @@ const usage = `usage:
                  [--roi X,Y,W,H] [--rotate 0] [--fps 0]   training images from a camera, for gnl fit
   gnlctl keygen --out NAME                                Ed25519 key pair NAME.key, NAME.pub for signed bundles
   gnlctl sign --key NAME.key BUNDLE...                    write BUNDLE/signature.json
-  gnlctl verify --pubkeys FILE BUNDLE...                  check bundles as gnld does with GNLD_MODEL_PUBKEYS`
+  gnlctl verify --pubkeys FILE BUNDLE...                  check bundles as gnld does with GNLD_MODEL_PUBKEYS
+  gnlctl teach --model BUNDLE --out DIR IMAGE|DIR...      a new bundle version to which the images are normal`
 
 // usageError is a mistake on the command line (exit status 2).
 type usageError struct{ msg string }
@@ -62,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate, "collect": collect,
-		"keygen": keygen, "sign": sign, "verify": verify,
+		"keygen": keygen, "sign": sign, "verify": verify, "teach": teachCmd,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

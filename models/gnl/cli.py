@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "predict": ("gnl.predict", "write heatmap PNGs for images"),
     "teacher-check": ("gnl.teacher", "show the teacher is pretrained: kNN AUROC vs random weights"),
     "drift-stats": ("gnl.drift", "write the training images' statistics into a bundle (drift.json)"),
+    "teachable": ("gnl.teachable", "make an older bundle's memory teachable on the device (gnld's teach)"),
 }
 
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gnl import policy, preprocess, threshold
+from gnl import policy, preprocess, teachable, threshold
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -184,9 +184,10 @@ def policy_views(paths: list[Path], size: tuple[int, int], drift_policy: str, se
     return [view(im, rng) for im in images for _ in range(count)]
 
 
-def _memory_json(model: nn.Module) -> dict[str, Any]:
+def _memory_json(model: nn.Module, teach: dict[str, Any] | None = None) -> dict[str, Any]:
     """model.json's "memory" (size, weight, dims when projected, stride when
-    not 8) for a model with a memory of normal patches, else nothing."""
+    not 8, teach: where gnld teaches it, gnl/teachable.py) for a model with a
+    memory of normal patches, else nothing."""
     memory = getattr(model, "memory", None)
     if memory is None:
         return {}
@@ -195,6 +196,8 @@ def _memory_json(model: nn.Module) -> dict[str, Any]:
         out["dims"] = memory.dims
     if memory.stride != 8:
         out["stride"] = memory.stride
+    if teach:
+        out["teach"] = teach
     return {"memory": out}
 
 
@@ -220,6 +223,10 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
     spec = preprocess.InputSpec(width, height, mean=tuple(model.teacher.mean), std=tuple(model.teacher.std))
     model_path = out_dir / "model.tflite"
     quantization = convert(model, spec, calib_images, model_path, quantize, float_modules)
+    memory = getattr(model, "memory", None)
+    # A projected memory's descriptors become output 1, for gnld's teach
+    # (gnl/teachable.py); a full-width one's frame is folded into its filters.
+    teach = teachable.make_teachable(model_path, int(memory.bank.shape[0])) if memory is not None and memory.dims else None
 
     from ai_edge_litert.interpreter import Interpreter
 
@@ -262,7 +269,7 @@ def export_model(model: nn.Module, out_dir: str | Path, calib_images: list[Path]
             "name": "anomaly_map", "width": out_w, "height": out_h, "dtype": out_dtype,
             "quantization": out_quant, "meaning": MAP_MEANING_MEMORY if config.get("memory_size") else MAP_MEANING,
         },
-        **_memory_json(model),
+        **_memory_json(model, teach),
         "drift_policy": policy.describe(config.get("drift_policy", policy.LEGACY)),
         "postprocess": {"resize": "linear", "blur_sigma": preprocess.BLUR_SIGMA, "score": "max"},
         "threshold": threshold_info,

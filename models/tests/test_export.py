@@ -192,7 +192,7 @@ def test_memory_stays_float_and_matches_torch(tmp_path, calib) -> None:
     out = export_model(model, tmp_path, calib[:2], {**CONFIG, "backbone": "efficientnet-lite0", "memory_size": size})
     meta = json.loads((out / "model.json").read_text())
     assert "memory of normal" in meta["output"]["meaning"] and meta["quantization"] == "int8-static-mixed"
-    assert meta["memory"] == {"size": size, "weight": 0.5}
+    assert meta["memory"] == {"size": size, "weight": 0.5}  # full width: not teachable (gnl/teachable.py)
     from ai_edge_litert.interpreter import Interpreter
 
     shapes = [tuple(t["shape"]) for t in Interpreter(model_path=str(out / "model.tflite")).get_tensor_details()
@@ -227,6 +227,7 @@ def test_projected_memory_exports_and_matches_torch(tmp_path, calib) -> None:
     config = {**CONFIG, "backbone": "efficientnet-lite0", "memory_size": 256, "memory_dims": 16}
     out = export_model(model, tmp_path, calib[:2], config)
     meta = json.loads((out / "model.json").read_text())
+    teach = meta["memory"].pop("teach")
     assert meta["memory"] == {"size": 256, "dims": 16, "weight": 0.5}
     runner = Runner(out)
     for p in calib:
@@ -235,3 +236,35 @@ def test_projected_memory_exports_and_matches_torch(tmp_path, calib) -> None:
             ref = model(torch.from_numpy(preprocess.to_tensor(bgr, spec))[None]).numpy()[0, 0]
         got = runner.raw_map(bgr)
         assert got.shape == ref.shape and np.abs(got - ref).max() < 0.15
+    assert_teachable(out, teach, model, spec, calib)
+
+
+def assert_teachable(out, teach, model, spec, calib) -> None:
+    """gnl/teachable.py: the bank lies at the offsets model.json names (filter
+    2 b, bias -|b|^2, float32), and output 1 is the descriptors the memory
+    compares, as PyTorch computes them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    raw = (out / "model.tflite").read_bytes()
+    dims = teach["dims"]
+    bank = []
+    for c in teach["chunks"]:
+        assert c["filter_offset"] % 16 == 0 and c["bias_offset"] % 16 == 0
+        w = np.frombuffer(raw, np.float32, c["rows"] * dims, c["filter_offset"]).reshape(c["rows"], dims)
+        bias = np.frombuffer(raw, np.float32, c["rows"], c["bias_offset"])
+        assert np.allclose(bias, -((w / 2) ** 2).sum(1), rtol=1e-5)
+        bank.append(w / 2)
+    assert np.allclose(np.concatenate(bank), model.memory.bank.numpy(), rtol=1e-6, atol=1e-7)
+    interp = Interpreter(model_path=str(out / "model.tflite"))
+    interp.allocate_tensors()
+    outs = interp.get_output_details()
+    assert len(outs) == 2 and tuple(outs[teach["output"]]["shape"]) == (1, teach["height"], teach["width"], dims)
+    x = preprocess.to_tensor(preprocess.read_bgr(calib[0]), spec)
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    interp.set_tensor(interp.get_input_details()[0]["index"], np.ascontiguousarray(x.transpose(1, 2, 0)[None]))
+    interp.invoke()
+    got = interp.get_tensor(outs[teach["output"]]["index"])[0]
+    with torch.no_grad():
+        t = model.teacher(torch.from_numpy(x)[None])
+        q = model.memory.frame(model.memory.describe(t[1], t[2]))[0][0].permute(1, 2, 0).numpy()
+    assert np.abs(got - q).max() < 1e-3 * max(1.0, float(np.abs(q).max()))
