@@ -129,7 +129,8 @@ type Taught struct {
 	Camera      string    `json:"camera,omitempty"`
 	By          string    `json:"by,omitempty"`
 	At          time.Time `json:"at"`
-	From        string    `json:"from"` // the version taught
+	From        string    `json:"from"`        // the version taught
+	FromSHA256  string    `json:"from_sha256"` // its model's SHA-256 (a calibration made with it still holds)
 	Rows        []int     `json:"rows"`
 	ScoreBefore float64   `json:"score_before"`
 	ScoreAfter  float64   `json:"score_after"`

@@ -187,7 +187,7 @@ func Teach(src *models.Bundle, frames []Frame, dst string, opt Options) (Report,
 		}
 		slices.Sort(rows)
 		taught = append(taught, models.Taught{Frame: f.ID, Camera: f.Camera, By: opt.By, At: opt.Now.UTC(),
-			From: meta.Version, Rows: rows, ScoreBefore: before[i]})
+			From: meta.Version, FromSHA256: meta.ModelSHA256, Rows: rows, ScoreBefore: before[i]})
 		report.Frames = append(report.Frames, FrameReport{ID: f.ID, Rows: len(rows), ScoreBefore: before[i], Threshold: threshold})
 	}
 

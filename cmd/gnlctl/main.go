@@ -48,7 +48,12 @@ const usage = `usage:
   gnlctl keygen --out NAME                                Ed25519 key pair NAME.key, NAME.pub for signed bundles
   gnlctl sign --key NAME.key BUNDLE...                    write BUNDLE/signature.json
   gnlctl verify --pubkeys FILE BUNDLE...                  check bundles as gnld does with GNLD_MODEL_PUBKEYS
-  gnlctl teach --model BUNDLE --out DIR IMAGE|DIR...      a new bundle version to which the images are normal`
+  gnlctl teach --model BUNDLE --out DIR IMAGE|DIR...      a new bundle version to which the images are normal
+  gnlctl evidence export --dir EVIDENCE_DIR --out DIR [--camera C] [--from T] [--to T] [--part-id P]
+                 [--verdict anomalous|normal] [--marked false_alarm|defect|unmarked]
+                                                          gnld's kept frames, maps and results, for audits and gnl fit
+  gnlctl user add|passwd|role|remove|list ... --file USERS.json
+                                                          accounts of gnld's page (GNLD_HTTP_USERS)`
 
 // usageError is a mistake on the command line (exit status 2).
 type usageError struct{ msg string }
@@ -64,6 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"inspect": inspect, "infer": infer, "bench": bench, "eval": eval, "calibrate": calibrate, "collect": collect,
 		"keygen": keygen, "sign": sign, "verify": verify, "teach": teachCmd,
+		"evidence": evidenceCmd, "user": userCmd,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

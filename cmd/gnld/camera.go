@@ -299,6 +299,7 @@ func (c *camera) process(f capture.Frame, t *trigger) (bool, error) {
 		return false, err
 	}
 	d.observe(c, s, f, res)
+	d.keep(s, f, res, r)
 	switch d.cfg.Map {
 	case "png":
 		png, err := s.pipe.Heatmap(f.Mat, res)

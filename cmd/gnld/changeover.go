@@ -101,12 +101,15 @@ func (d *daemon) prepare(c *camera, co *changeover) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	t0 := time.Now()
-	dir, err := registry.ProductDir(d.cfg.ModelRoot, co.product)
+	base, err := registry.ProductDir(d.cfg.ModelRoot, co.product)
+	dir := d.taughtOr(c.name, base) // the product's bundle, or what was taught to it (teach.go)
 	preloaded := d.reg.Loaded(dir) != nil
 	if err == nil {
 		var l *registry.Loaded
 		if l, err = d.reg.Get(dir, len(d.cams)); err == nil {
-			co.s, err = d.newScorer(l, c.cfg, co.product, false)
+			if co.s, err = d.newScorer(l, c.cfg, co.product, false); err == nil {
+				co.s.base = base
+			}
 		}
 		if err != nil {
 			err = fmt.Errorf("product %q (%s): %w", co.product, dir, err)

@@ -79,6 +79,19 @@ type Config struct {
 
 	HTTPAddr string `envconfig:"HTTP_ADDR" doc_type:"HOST:PORT" desc:"HTTP listener for the technicians' page (/), /metrics, /healthz and /readyz; empty: off. A bare :PORT (or an empty host) listens on loopback 127.0.0.1 only; name a host (0.0.0.0:PORT, an interface's address) to be reachable from other machines."`
 
+	HTTPTLSCert    string        `envconfig:"HTTP_TLS_CERT" desc:"PEM certificate (with its chain) for HTTPS on GNLD_HTTP_ADDR, with GNLD_HTTP_TLS_KEY; empty: plain HTTP. Read at start-up."`
+	HTTPTLSKey     string        `envconfig:"HTTP_TLS_KEY" desc:"PEM private key of GNLD_HTTP_TLS_CERT."`
+	HTTPUsers      string        `envconfig:"HTTP_USERS" desc:"Accounts file, made and changed with gnlctl user (add NAME --role viewer|operator|admin --file FILE). Set: the page and its API need a login; viewers see, operators also mark flagged parts and teach, admins also manage accounts. Empty: the live page is open to whoever reaches the listener, and nothing on it can change anything (no marks, no teaching)."`
+	HTTPOpenProbes bool          `envconfig:"HTTP_OPEN_PROBES" default:"true" desc:"With GNLD_HTTP_USERS: /metrics, /healthz and /readyz stay open without a login, for scrapers and probes; false: they need a login too."`
+	HTTPSessionTTL time.Duration `envconfig:"HTTP_SESSION_TTL" default:"8h" desc:"With GNLD_HTTP_USERS: a login ends after this long without a request, and after 24 h in any case; 1m to 24h."`
+	HTTPAudit      string        `envconfig:"HTTP_AUDIT" desc:"With GNLD_HTTP_USERS: audit log of logins, marks, teachings and account changes, one JSON line each (made 0600); empty: the audit lines go to gnld's log."`
+
+	EvidenceDir         string        `split_words:"true" desc:"Folder where every anomalous result, and every GNLD_EVIDENCE_NORMAL_EVERY-th normal one, is kept with its frame (after ROI and rotation), heat map and result, for the review page (/page/review.html) and gnlctl evidence; written off the inference path (a full queue drops and counts, never waits). Empty: off."`
+	EvidenceMaxMB       int           `split_words:"true" default:"2000" desc:"Most megabytes the evidence folder holds; the oldest records go first (counted). 1 or more."`
+	EvidenceMaxAge      time.Duration `split_words:"true" default:"720h" desc:"Evidence older than this is removed; 0: no age limit."`
+	EvidenceNormalEvery int           `split_words:"true" default:"100" desc:"Keep every Nth normal result per camera as evidence too (anomalous ones are always kept); 0: none."`
+	TeachDir            string        `split_words:"true" desc:"Folder of taught model versions (<camera>/<version>/): an operator's teaching of a false alarm on the review page writes one, and the camera serves it from its next frame (undo serves the one before; a restart serves the last again). Needs GNLD_EVIDENCE_DIR and GNLD_HTTP_USERS. Empty: teaching off."`
+
 	PageHistory    time.Duration `split_words:"true" default:"10m" desc:"Score history that the technicians' page (http://GNLD_HTTP_ADDR/) plots per camera, one point per second; 1s to 24h."`
 	DriftEvery     int           `split_words:"true" default:"2" desc:"Drift monitor: measure every Nth frame of each camera against the training images' statistics in the bundle's drift.json (about a millisecond per sample, on a 128x128 copy); 0 turns it off. A bundle without drift.json runs without it (said once in the log)."`
 	DriftWindow    int           `split_words:"true" default:"20" desc:"Drift monitor: samples whose median makes a camera's drift score, so only a change that holds for half of them counts; 2 to 1000."`
@@ -329,6 +342,22 @@ func validate(c *Config) error {
 		if st, err := os.Stat(c.ModelRoot); err != nil || !st.IsDir() {
 			return invalid("MODEL_ROOT", c.ModelRoot, "an existing folder holding one bundle folder per product (<root>/<product>/model.json), or empty (off)")
 		}
+	}
+	switch {
+	case (c.HTTPTLSCert == "") != (c.HTTPTLSKey == ""):
+		return invalid("HTTP_TLS_KEY", c.HTTPTLSKey, "set together with GNLD_HTTP_TLS_CERT")
+	case c.HTTPSessionTTL < time.Minute || c.HTTPSessionTTL > 24*time.Hour:
+		return invalid("HTTP_SESSION_TTL", c.HTTPSessionTTL, "a duration from 1m to 24h")
+	case c.EvidenceMaxMB < 1:
+		return invalid("EVIDENCE_MAX_MB", c.EvidenceMaxMB, "1 or more")
+	case c.EvidenceMaxAge < 0:
+		return invalid("EVIDENCE_MAX_AGE", c.EvidenceMaxAge, "0 (no limit) or a duration")
+	case c.EvidenceNormalEvery < 0:
+		return invalid("EVIDENCE_NORMAL_EVERY", c.EvidenceNormalEvery, "0 (none) or a whole number")
+	case c.TeachDir != "" && (c.EvidenceDir == "" || c.HTTPUsers == ""):
+		return invalid("TEACH_DIR", c.TeachDir, "empty, or set with GNLD_EVIDENCE_DIR (the frames to teach) and GNLD_HTTP_USERS (who teaches)")
+	case c.HTTPUsers != "" && c.HTTPAddr == "":
+		return invalid("HTTP_USERS", c.HTTPUsers, "empty, or set with GNLD_HTTP_ADDR (the listener the accounts log in to)")
 	}
 	listen, _, err := httpserver.Resolve(c.HTTPAddr)
 	if err != nil {

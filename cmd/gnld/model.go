@@ -11,6 +11,7 @@ import (
 	"gnld/calibration"
 	"gnld/drift"
 	"gnld/internal/registry"
+	"gnld/models"
 	"gnld/pipeline"
 	"gnld/publish"
 )
@@ -25,9 +26,12 @@ const (
 // scorer is one camera's model in service: its pipeline and what results
 // say about it. The camera's worker is its only user once it serves.
 type scorer struct {
-	pipe            *pipeline.Pipeline
-	model           publish.Model
-	dir             string // the bundle's folder
+	pipe  *pipeline.Pipeline
+	model publish.Model
+	dir   string // the bundle's folder
+	// base is the folder dir was taught from (teach.go): the camera's own
+	// model or its product's; dir itself when nothing is taught.
+	base            string
 	product         string // GNLD_MODEL_ROOT: the product it serves; "": the camera's own model
 	thresholdSource string
 	// drift compares the frames with this bundle's training images
@@ -58,8 +62,9 @@ func (c *Config) modelDir(cc CameraConfig) (dir, setting string) {
 }
 
 // want is what camera i serves: its own model's folder, or the folder of
-// the product it serves (product != "").
-type want struct{ dir, product string }
+// the product it serves (product != ""), or a taught version of either
+// (base: the folder taught, teach.go).
+type want struct{ dir, product, base string }
 
 // settingOf names where w's folder comes from, for errors.
 func (d *daemon) settingOf(i int, w want) string {
@@ -108,6 +113,9 @@ func (d *daemon) loadScorers(ws []want) ([]*scorer, loadTimes, error) {
 			return nil, lt, err
 		}
 		lt.warmup += time.Since(t0)
+		if ws[i].base != "" {
+			s.base = ws[i].base
+		}
 		out = append(out, s)
 	}
 	return out, lt, nil
@@ -127,7 +135,7 @@ func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string, 
 	p := l.Model.Pipeline()
 	m := b.Meta
 	s := &scorer{pipe: p, model: publish.Model{Name: m.Name, Version: m.Version, SHA256: m.ModelSHA256},
-		dir: l.Dir, product: product, thresholdSource: fromBundle}
+		dir: l.Dir, base: l.Dir, product: product, thresholdSource: fromBundle}
 	if s.drift, err = d.newDrift(b, cc.name); err != nil {
 		p.Close()
 		return nil, err
@@ -139,7 +147,7 @@ func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string, 
 		if rec != nil {
 			d.log.Info("calibration: not used, GNLD_CAMERA_"+strings.ToUpper(cc.name)+"_THRESHOLD is set", "camera", cc.name, "file", path)
 		}
-	case rec.Applies(m.ModelSHA256):
+	case rec.Applies(m.ModelSHA256) || rec != nil && taughtFrom(m, rec.Model.SHA256):
 		p.SetThreshold(float32(rec.Threshold))
 		s.thresholdSource = fromCalibration
 	case rec != nil:
@@ -157,18 +165,33 @@ func (d *daemon) newScorer(l *registry.Loaded, cc CameraConfig, product string, 
 }
 
 // wants is what every camera serves now: the folder of its scorer in
-// service (its own model, or its product's).
+// service (its own model, or its product's), or its last taught version.
 func (d *daemon) wants() []want {
 	ws := make([]want, len(d.cams))
 	for i, c := range d.cams {
 		if s := c.serving.Load(); s != nil {
-			ws[i] = want{s.dir, s.product}
+			ws[i] = want{d.taughtOr(c.name, s.base), s.product, s.base}
 		} else {
 			dir, _ := d.cfg.modelDir(c.cfg)
-			ws[i] = want{dir: dir}
+			ws[i] = want{d.taughtOr(c.name, dir), "", dir}
 		}
 	}
 	return ws
+}
+
+// taughtFrom reports whether the bundle m was taught (teach.go) from the
+// model whose SHA-256 is sha: a calibration made with that model still
+// holds, since teaching changes what is normal only for the frames taught.
+func taughtFrom(m models.Meta, sha string) bool {
+	if m.Memory == nil || m.Memory.Teach == nil {
+		return false
+	}
+	for _, t := range m.Memory.Teach.Taught {
+		if t.FromSHA256 != "" && t.FromSHA256 == sha {
+			return true
+		}
+	}
+	return false
 }
 
 // fingerprints identifies the files of every bundle folder in service:

@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"gnld/capture"
+	"gnld/evidence"
+	"gnld/internal/auth"
 	"gnld/internal/httpserver"
 	"gnld/internal/metrics"
 	"gnld/internal/registry"
@@ -108,6 +110,9 @@ type daemon struct {
 	// refusal is the last refusal's error (stats topic).
 	reloaded, refused atomic.Uint64
 	refusal           atomic.Pointer[string]
+
+	evidence *evidence.Store // nil: GNLD_EVIDENCE_DIR is off (review.go)
+	auth     *auth.Auth      // nil: GNLD_HTTP_USERS is off (http.go)
 }
 
 // modelStats is the "model" part of the stats topic: the first camera's
@@ -141,7 +146,8 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	}, cfg.pubkeys)
 	ws := make([]want, len(cfg.cameras))
 	for i, cc := range cfg.cameras {
-		ws[i].dir, _ = cfg.modelDir(cc)
+		ws[i].base, _ = cfg.modelDir(cc)
+		ws[i].dir = d.taughtOr(cc.name, ws[i].base)
 	}
 	set, _, err := d.loadScorers(ws)
 	if err != nil {
@@ -185,6 +191,13 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 			d.pub.Subscribe(d.pub.Topic(c.name, "product"), d.productHandler(c))
 		}
 	}
+	if cfg.EvidenceDir != "" {
+		if d.evidence, err = evidence.Open(evidence.Config{Dir: cfg.EvidenceDir, MaxBytes: int64(cfg.EvidenceMaxMB) << 20,
+			MaxAge: cfg.EvidenceMaxAge, NormalEvery: cfg.EvidenceNormalEvery}, log); err != nil {
+			d.close()
+			return nil, fmt.Errorf("GNLD_EVIDENCE_DIR=%s: %w", cfg.EvidenceDir, err)
+		}
+	}
 	d.setupWatch()
 	if err := d.listenHTTP(); err != nil {
 		d.close()
@@ -209,6 +222,9 @@ func (d *daemon) model() *models.Bundle { return d.bundle.Load() }
 func (d *daemon) close() {
 	if d.http != nil {
 		d.http.Close()
+	}
+	if d.evidence != nil {
+		d.evidence.Close()
 	}
 	if d.busy {
 		return // the process is about to exit anyway
@@ -326,6 +342,9 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 		}
 	}
 	<-reloadsDone // a reload in flight finishes before close frees its scorers
+	if d.evidence != nil {
+		d.evidence.Close() // writes what the workers queued
+	}
 	d.pub.Close()
 	select {
 	case <-pubDone:

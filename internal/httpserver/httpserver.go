@@ -19,6 +19,7 @@ package httpserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,7 @@ type Server struct {
 	ln  net.Listener
 	srv *http.Server
 	log *slog.Logger
+	tls bool
 }
 
 // Listen opens addr (as returned by Resolve) for TCP.
@@ -76,13 +78,30 @@ func Listen(addr string, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// UseTLS makes the listener HTTPS with the PEM certificate (and chain) and
+// key in certFile and keyFile, TLS 1.2 or later. Call it before Serve; a
+// file that is missing or does not hold a matching pair is an error that
+// names it.
+func (s *Server) UseTLS(certFile, keyFile string) error {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("https certificate %s and key %s: %w; give a PEM certificate and its PEM private key", certFile, keyFile, err)
+	}
+	s.ln = tls.NewListener(s.ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	s.tls = true
+	return nil
+}
+
+// TLS reports whether the listener is HTTPS (UseTLS).
+func (s *Server) TLS() bool { return s.tls }
+
 // Addr is the address listened on (the real port when Listen got port 0).
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve answers requests until Shutdown. Call it once, in its own
 // goroutine.
 func (s *Server) Serve() {
-	s.log.Info("http: listening", "addr", s.Addr().String())
+	s.log.Info("http: listening", "addr", s.Addr().String(), "tls", s.tls)
 	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Error("http: listener failed", "err", err)
 	}
