@@ -161,6 +161,9 @@ type Threshold struct {
 	Normal           *float64 `json:"normal"`
 	NormalQuantile   *float64 `json:"normal_quantile"`
 	F1Optimal        *float64 `json:"f1_optimal"`
+	// NormalStd is the spread of the held-back normal images' scores
+	// (package teach keeps taught frames this far below the threshold).
+	NormalStd *float64 `json:"normal_std"`
 	// Clean is the same rule on the clean held-back images alone, when
 	// Value also saw them in the drift policy's views (Policy); nil for
 	// bundles from before drift policies and for the legacy policy.

@@ -11,15 +11,21 @@
 // whose filter rows are twice a descriptor and whose bias is minus its
 // squared length, float32 at byte offsets model.json names.
 //
-// What is taught, per frame:
-//   - its descriptors' distances to the bank (the memory's map before);
-//   - greedily, the descriptor farthest from the bank (and from those
-//     added already) is added, until every descriptor of the frame lies
-//     within the bank's own spacing (the median distance of a bank
-//     descriptor to its nearest other one) or the frame's cap is reached;
-//   - each added descriptor replaces a bank row: the rows with the nearest
-//     neighbour closest to them go first (their neighbour still covers
-//     what they covered), never a row taught before, never both of a pair.
+// What is taught, per frame, as little as makes it normal:
+//   - its descriptors, farthest from the bank first (each next one the
+//     farthest from the bank and from those picked already), until every
+//     descriptor lies within the bank's own spacing (the median distance
+//     of a bank descriptor to its nearest other one) or the frame's cap;
+//   - of these, the first 4, 8, 16, ... are written into the bank until
+//     the frame scores below the target: the threshold less the spread of
+//     the held-back normal images' scores (model.json threshold.normal_std;
+//     5% of the threshold without it), so that the same part seen again is
+//     not flagged by a hair. Each descriptor taught is a row of the bank
+//     replaced, and every row replaced makes what it covered a little less
+//     normal to the memory: fewer rows, fewer side effects;
+//   - the rows replaced go most redundant first (nearest neighbour
+//     closest: the neighbour still covers what they covered), never a row
+//     taught before, never both of a pair.
 //
 // The rest of the map (the student's 1-cos and the segmentation head) is
 // not changed: a frame flagged by them stays flagged, and Report says so
@@ -91,6 +97,7 @@ type Report struct {
 	Version string        `json:"version"` // its version
 	From    string        `json:"from"`    // the version taught
 	Radius  float64       `json:"radius"`  // the bank's spacing the frames were covered to
+	Target  float64       `json:"target"`  // the score each frame was taught to fall below
 	Frames  []FrameReport `json:"frames"`
 	Took    time.Duration `json:"took_ns"`
 }
@@ -156,6 +163,11 @@ func Teach(src *models.Bundle, frames []Frame, dst string, opt Options) (Report,
 		threshold = opt.Threshold
 	}
 	pipe.Close()
+	margin := 0.05 * threshold
+	if s := meta.Threshold.NormalStd; s != nil && *s > 0 && *s < threshold/2 {
+		margin = *s
+	}
+	target := threshold - margin
 
 	// Which rows may go, most redundant first, and the spacing to cover to.
 	protected := map[int]bool{}
@@ -169,21 +181,37 @@ func Teach(src *models.Bundle, frames []Frame, dst string, opt Options) (Report,
 	if maxRows <= 0 {
 		maxRows = max(layout.Height*layout.Width/4, 1)
 	}
-	report := Report{Dir: dst, From: meta.Version, Radius: radius}
+	report := Report{Dir: dst, From: meta.Version, Radius: radius, Target: target}
+	scratch := dst + ".scratch"
+	defer os.RemoveAll(scratch)
 	var taught []models.Taught
 	next := 0
 	for i, f := range frames {
 		add := cover(queries[i], bank, layout.Dims, radius, maxRows)
-		if len(add) > len(order)-next {
-			return Report{}, fmt.Errorf("teach: frame %s needs %d bank rows, %d are left: %w; "+
-				"export the marked frames (gnlctl evidence export) and train again with gnl fit", f.ID, len(add), len(order)-next, ErrFull)
-		}
-		rows := make([]int, len(add))
-		for k, q := range add {
-			r := order[next]
-			next++
-			copy(bank[r*layout.Dims:(r+1)*layout.Dims], q)
-			rows[k] = r
+		var rows []int
+		for k := 0; k < len(add); {
+			step := min(max(4, 2*k), len(add)) // 4, 8, 16, ... descriptors in all
+			if step-k > len(order)-next {
+				return Report{}, fmt.Errorf("teach: frame %s needs more bank rows than the %d left: %w; "+
+					"export the marked frames (gnlctl evidence export) and train again with gnl fit", f.ID, len(order)-next, ErrFull)
+			}
+			for _, q := range add[k:step] {
+				r := order[next]
+				next++
+				copy(bank[r*layout.Dims:(r+1)*layout.Dims], q)
+				rows = append(rows, r)
+			}
+			k = step
+			if k == len(add) {
+				break // all it needs: the final scoring below says how far that got
+			}
+			s, err := scoreWith(src, scratch, model, layout, bank, f.Mat, opt.Runtime)
+			if err != nil {
+				return Report{}, err
+			}
+			if s < target {
+				break
+			}
 		}
 		slices.Sort(rows)
 		taught = append(taught, models.Taught{Frame: f.ID, Camera: f.Camera, By: opt.By, At: opt.Now.UTC(),
@@ -227,6 +255,28 @@ func Teach(src *models.Bundle, frames []Frame, dst string, opt Options) (Report,
 	}
 	report.Took = time.Since(t0)
 	return report, nil
+}
+
+// scoreWith scores frame with the bundle src whose bank is bank, through
+// a scratch copy of it in folder dir.
+func scoreWith(src *models.Bundle, dir string, model []byte, t *models.Teach, bank []float32, frame gocv.Mat,
+	opt runtime.Options) (float64, error) {
+	writeBank(model, t, bank)
+	os.RemoveAll(dir)
+	if err := writeBundle(src, dir, model, time.Now(), nil); err != nil {
+		return 0, err
+	}
+	b, err := models.Load(dir)
+	if err != nil {
+		return 0, err
+	}
+	p, err := pipeline.New(b, opt)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	res, err := p.Process(frame)
+	return float64(res.Score), err
 }
 
 // readBank returns the bank's descriptors, row-major Rows x Dims over all

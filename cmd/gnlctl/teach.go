@@ -23,6 +23,7 @@ func teachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "folder for the new bundle version (required; must not exist)")
 	by := fs.String("by", "", "who teaches, recorded in model.json (default: the user running gnlctl)")
 	maxRows := fs.Int("max-rows", 0, "bank rows one image may take (default: a quarter of its descriptors)")
+	threshold := fs.Float64("threshold", 0, "the threshold the images are judged against, e.g. a camera's calibrated one (default: the bundle's)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -56,7 +57,7 @@ func teachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		frames = append(frames, teach.Frame{ID: filepath.Base(path), Mat: m})
 	}
-	rep, err := teach.Teach(b, frames, *out, teach.Options{By: *by, MaxRows: *maxRows,
+	rep, err := teach.Teach(b, frames, *out, teach.Options{By: *by, MaxRows: *maxRows, Threshold: *threshold,
 		Runtime: runtime.Options{Threads: 1, Delegate: runtime.XNNPACK}})
 	if err != nil {
 		return err
