@@ -143,7 +143,7 @@ func (d *daemon) getEvidence(w http.ResponseWriter, r *http.Request) {
 	}
 	out := evidenceDetail{Record: rec, CanMark: d.auth != nil, CanTeach: d.auth != nil && d.cfg.TeachDir != ""}
 	if c := d.cameraNamed(rec.Camera); c != nil {
-		if s := c.serving.Load(); s != nil {
+		if s := c.pending(); s != nil {
 			out.Taught = s.dir != s.base
 		}
 	}

@@ -105,7 +105,7 @@ func (d *daemon) teachFrame(c *camera, id string, frame gocv.Mat, by string) (te
 	}
 	d.reloadMu.Lock() // one teaching, reload or changeover at a time
 	defer d.reloadMu.Unlock()
-	s := c.serving.Load()
+	s := c.pending()
 	if s == nil {
 		return teach.Report{}, fmt.Errorf("camera %s serves no model now", c.name)
 	}
@@ -162,7 +162,10 @@ func (d *daemon) undoTeach(c *camera, by string) (string, error) {
 	}
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	s := c.serving.Load()
+	s := c.pending()
+	if s == nil {
+		return "", fmt.Errorf("camera %s serves no model now", c.name)
+	}
 	st, err := d.readTeachState(c.name)
 	if err != nil {
 		return "", err
@@ -185,6 +188,22 @@ func (d *daemon) undoTeach(c *camera, by string) (string, error) {
 	d.log.Info("teach: undone; the camera serves the version before from its next frame", "camera", c.name, "by", by,
 		"serving", prev)
 	return prev, nil
+}
+
+// pending is the scorer camera c serves from its next frame: the one
+// handed to its worker (by a teaching, an undo or a reload) and not taken
+// yet, else the one it serves. A camera takes a new scorer only with its
+// next frame, which may be long in coming (a trigger camera between parts,
+// a folder at its end): teaching again, undoing and telling whether it
+// serves a taught version must look at the scorer it is about to serve,
+// or a second teaching would start again from the base and an undo would
+// find nothing taught. Its fields may be read without reloadMu; only
+// teaching, undo and reload replace or close it, under reloadMu.
+func (c *camera) pending() *scorer {
+	if s := c.next.Load(); s != nil {
+		return s
+	}
+	return c.serving.Load()
 }
 
 // serveTaught loads folder dir (a taught version of s's base, or the base)

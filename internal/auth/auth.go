@@ -425,7 +425,7 @@ func (a *Auth) renderLogin(w http.ResponseWriter, code int, v loginView) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", "same-origin") // no-referrer makes Chromium post the form with Origin: null, which checkOrigin refuses
 	w.WriteHeader(code)
 	if err := loginPage.Execute(w, v); err != nil {
 		a.log.Debug("auth: login page", "err", err)

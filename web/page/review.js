@@ -62,7 +62,7 @@ async function load() {
     $(el, ".frame").src = `/api/evidence/${rec.id}/frame.jpg`;
     $(el, ".heat").src = `/api/evidence/${rec.id}/heatmap.png`;
     $(el, ".score").textContent = rec.score.toFixed(2);
-    $(el, ".camera").textContent = rec.camera;
+    $(el, ".cam").textContent = rec.camera;
     $(el, ".time").textContent = local(rec.time);
     $(el, ".mark").textContent = rec.mark ? (rec.mark.kind === "false_alarm" ? "false alarm" : "defect") : "";
     el.addEventListener("click", (e) => { e.preventDefault(); open(rec.id); });
@@ -74,7 +74,7 @@ async function open(id) {
   shown = await api(`/api/evidence/${id}`);
   const d = $(document, "#detail");
   const r = shown.record;
-  $(d, ".camera").textContent = r.camera;
+  $(d, ".cam").textContent = r.camera;
   $(d, ".time").textContent = local(r.time);
   $(d, ".verdict").textContent = r.anomalous ? "anomalous" : "normal";
   $(d, ".verdict").className = "verdict " + (r.anomalous ? "anomalous" : "normal");
@@ -105,12 +105,12 @@ async function act(kind) {
       out.textContent = "teaching… (a few seconds)";
       const t = await api(`/api/evidence/${id}/teach`, { method: "POST" });
       const f = t.frames[0];
-      out.textContent = `taught: model ${t.from} → ${t.version}; this frame now scores ${f.score_after.toFixed(3)} ` +
+      const msg = `taught: model ${t.from} → ${t.version}; this frame now scores ${f.score_after.toFixed(3)} ` +
         `(was ${f.score_before.toFixed(3)}, threshold ${f.threshold.toFixed(3)}): ` +
         (f.normal ? "normal" : "still anomalous: the student sees it, retrain with gnl fit");
       out.dataset.scoreAfter = f.score_after;
-      await open(id);
-      out.textContent = out.textContent; // keep the message after the refresh
+      await open(id); // shows undo; empties the result line
+      out.textContent = msg;
       return;
     }
     if (kind === "undo") {
