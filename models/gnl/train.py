@@ -8,6 +8,7 @@ MVTec-layout folder, calibrate a threshold, and export a bundle.
             [--seg-augment 0.5] [--memory 16384] [--memory-dims 48] [--memory-stride 16]
             [--device auto|cpu|cuda] [--precision auto|fp32|bf16]
             [--resume] [--no-export]
+    torchrun --standalone --nproc_per_node N -m gnl fit ...   (N processes: gnl/distributed.py)
 
 Stage 1 (RD4AD, Deng & Li 2022; GNL losses, see losses.py): bottleneck and
 student learn to reproduce the frozen teacher's features. Every batch holds a
@@ -78,6 +79,7 @@ from tqdm import tqdm
 from gnl import policy
 from gnl.augment import FILL
 from gnl.device import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
+from gnl.distributed import World
 from gnl.data import DatasetError, fingerprint, train_images
 from gnl.holdout import HOLDOUT_FRACTION, MIN_HELD_OUT, export_calibration, split_holdout
 from gnl.losses import FOCAL_GAMMA, TOP_K, distillation_loss, segmentation_loss
@@ -371,7 +373,9 @@ class Trainer:
                                   teacher_weights=str(args.teacher_weights) if args.teacher_weights else None)
         except ValueError as e:
             raise FitError(str(e)) from e
-        self.device = pick_device(args.device)
+        device = pick_device(args.device)
+        self.world = World.start(device)  # torchrun: this process's rank (gnl/distributed.py)
+        self.device = self.world.device(device)
         self.amp = pick_precision(args.precision, self.device)
         self.model = build_model(model_cfg).to(self.device)
         if self.amp is not None:
@@ -396,6 +400,7 @@ class Trainer:
             self.seg_rng.bit_generator.state = prev["rng"]["numpy_seg"]
             torch.set_rng_state(prev["rng"]["torch"])
             self.history, self.epoch, self.seg_step = prev["history"], prev["epoch"], prev["seg_step"]
+        self.world.sync_module(self.model)  # every rank starts from rank 0's weights
         self.images = load_images(self.train_paths, args.image_size)
         self.held_images = load_images(self.held_paths, args.image_size)
         self.teacher_cache: list[torch.Tensor] | None = None  # filled by stage1()
@@ -408,7 +413,9 @@ class Trainer:
             "torch_threads": torch.get_num_threads()}
 
     def save(self) -> None:
-        """Write OUT/checkpoint.pt (format: see gnl.model.load_checkpoint)."""
+        """Write OUT/checkpoint.pt (format: see gnl.model.load_checkpoint); rank 0 only."""
+        if not self.world.main:
+            return
         torch.save({
             "config": self.cfg, "state_dict": self.model.trainable_state_dict(),
             "epoch": self.epoch, "seg_step": self.seg_step,
@@ -445,21 +452,27 @@ class Trainer:
         if self.epoch < a.epochs and not self._plateau():
             self._fill_teacher_cache()
         model.train()
-        while self.epoch < a.epochs and time.monotonic() < deadline and not self._plateau():
+        world = self.world
+        mine = world.share(a.batch)  # this rank's positions in each batch
+        params = [p for g in self.opt_distill.param_groups for p in g["params"]]
+        while self.epoch < a.epochs and world.agree(time.monotonic() < deadline) and not self._plateau():
             order = self.rng.permutation(n)
             sums = {"loss": 0.0, "global": 0.0, "topk": 0.0, "structure": 0.0}
             t_epoch = time.monotonic()
             steps = 0
             for step in tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {self.epoch + 1}/{a.epochs}",
-                             disable=None):
+                             disable=None if world.main else True):
                 t = time.monotonic()
                 idx = torch.as_tensor([int(order[(step * a.batch + j) % n]) for j in range(a.batch)])
-                cached = [c[idx.to(c.device)] for c in self.teacher_cache]  # type: ignore[union-attr]
+                cached = [c[idx[mine].to(c.device)] for c in self.teacher_cache]  # type: ignore[union-attr]
                 with autocast(self.device, self.amp):
                     if plain:  # RD4AD, the baseline: clean images and the global term only.
                         teacher = [c.float() for c in cached]
                     else:
+                        # Every rank draws the whole batch's views (the generator stays
+                        # a single process's) and runs its own share of them.
                         views = [self.view(self.images[i], self.rng) for i in idx.tolist()]
+                        views = [views[k] for k in mine]
                         with torch.no_grad():
                             aug = model.teacher(to_batch(views, self.spec, self.device))
                         teacher = [torch.cat([c.float(), v.float()]) for c, v in zip(cached, aug)]
@@ -468,13 +481,17 @@ class Trainer:
                                                 self.cfg["top_k"], plain=plain)
                 self.opt_distill.zero_grad(set_to_none=True)
                 loss.backward()
+                world.average_gradients(params)
                 self.opt_distill.step()
+                world.sync_buffers(model.bottleneck)
+                world.sync_buffers(model.student)
                 for k, v in {"loss": float(loss.detach()), **parts}.items():
                     sums[k] += v
                 steps += 1
                 step_times.append(time.monotonic() - t)
-                if time.monotonic() >= deadline:
+                if world.agree(time.monotonic() >= deadline):
                     break
+            sums = dict(zip(sums, world.mean(list(sums.values()))))
             self.epoch += 1
             normal = image_scores(model, self.held_images, self.spec, a.batch, distance_only=True)
             model.train()
@@ -526,13 +543,17 @@ class Trainer:
             model.student.requires_grad_(False)
             model.segmentation.train()
             sums, chunk = {"loss": 0.0, "focal": 0.0, "l1": 0.0}, 0
+            world = self.world
+            mine = world.share(self.args.batch)
+            params = [p for g in opt.param_groups for p in g["params"]]
             bar = tqdm(total=self.args.seg_steps, initial=self.seg_step, desc="stage 2 segmentation",
-                       disable=None)
+                       disable=None if world.main else True)
             while self.seg_step < self.args.seg_steps:
-                if time.monotonic() >= self.deadline:
+                if world.agree(time.monotonic() >= self.deadline):
                     self.run_record["stopped_by"] = "max-minutes"
                     break
-                x, mask = self._seg_batch()
+                x, mask = self._seg_batch()  # the whole batch on every rank; each runs its share
+                x, mask = x[mine], mask[mine]
                 factor = seg_lr_factor(self.cfg["seg_lr_schedule"], self.seg_step, self.args.seg_steps)
                 for group, base in zip(opt.param_groups, (self.cfg["seg_lr_res"], self.cfg["seg_lr_head"])):
                     group["lr"] = base * factor
@@ -546,7 +567,9 @@ class Trainer:
                 loss, parts = segmentation_loss(logits, mask)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                world.average_gradients(params)
                 opt.step()
+                world.sync_buffers(model.segmentation)
                 for k, v in {"loss": float(loss.detach()), **parts}.items():
                     sums[k] += v
                 self.seg_step += 1
@@ -720,6 +743,10 @@ def fit(args: argparse.Namespace) -> None:
               file=sys.stderr)
     trainer.stage1()
     trainer.stage2()
+    main = trainer.world.main
+    trainer.world.close()  # torchrun: the rest is rank 0's alone (gnl/distributed.py)
+    if not main:
+        return
     trainer.build_memory()
     calibration = trainer.calibrate()
     trainer.write_summary()
