@@ -10,6 +10,7 @@
 #   make soak     gnld for SOAK_MINUTES (10) under injected faults; nothing lost?
 #   make model    retrain the default bundle in models/default from MTD
 #   make deb      the Debian package, out/gnld_<version>_<arch>.deb
+#   make deb-model  a model bundle as its own package (BUNDLE=models/default)
 
 SHELL := /bin/bash
 MTD ?= $(abspath ../shared/data/mtd)
@@ -20,7 +21,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py test-fuzz fuzz bench soak eval model lint clean-bin
+TARGETS := build run test test-go test-py test-fuzz fuzz bench soak eval model deb-model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -99,6 +100,11 @@ model:
 .PHONY: deb
 deb: build
 	VERSION="$(VERSION)" tools/mkdeb out
+
+# A bundle as its own package, gnld-model-<name>_<version>_all.deb in out/
+# (tools/mkdeb-model; docs/FLEET.md, "Models through apt").
+deb-model:
+	tools/mkdeb-model $(or $(BUNDLE),models/default) out
 
 lint:
 	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift tools)"; \
