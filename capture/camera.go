@@ -57,6 +57,8 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the delay between reconnects; it
 	// doubles after each failure and is reset by a frame.
 	BackoffMin, BackoffMax time.Duration
+	// Genicam is a genicam source's camera settings; zero for others.
+	Genicam Genicam
 }
 
 // Frame is one captured image. Whoever receives a Frame owns its Mat and
@@ -83,6 +85,9 @@ type Stats struct {
 	SizeChanges uint64 `json:"size_changes"`
 	Reconnects  uint64 `json:"reconnects"` // connections that failed or ended unexpectedly
 	Stalls      uint64 `json:"stalls"`     // of those, connections the watchdog abandoned
+	// Refused counts the connections to a genicam camera that failed
+	// because the camera does not take one of its settings (RefusedError).
+	Refused uint64 `json:"refused,omitempty"`
 }
 
 // Camera reads one source. See the package comment for its lifecycle.
@@ -96,7 +101,7 @@ type Camera struct {
 	lastFile string    // last file of a folder handed on or skipped
 	sizeWarn time.Time // rate-limits the size change warning
 
-	frames, dropped, bad, reconnects, stalls, sizeChanges atomic.Uint64
+	frames, dropped, bad, reconnects, stalls, sizeChanges, refused atomic.Uint64
 }
 
 // New checks cfg and returns a camera that has not started reading.
@@ -112,6 +117,11 @@ func New(cfg Config, log *slog.Logger) (*Camera, error) {
 		return nil, fmt.Errorf("camera %s: timeouts must be positive and backoff min <= max", cfg.Name)
 	case cfg.FPS < 0:
 		return nil, fmt.Errorf("camera %s: fps %g: expected >= 0", cfg.Name, cfg.FPS)
+	case cfg.Source.Kind != KindGenicam && !cfg.Genicam.IsZero():
+		return nil, fmt.Errorf("camera %s: camera settings (pixel format, exposure, gain, frame rate) are for genicam: sources only", cfg.Name)
+	}
+	if err := cfg.Genicam.check(); err != nil {
+		return nil, fmt.Errorf("camera %s: %w", cfg.Name, err)
 	}
 	return &Camera{cfg: cfg, log: log.With("camera", cfg.Name), out: make(chan Frame, 1)}, nil
 }
@@ -127,6 +137,7 @@ func (c *Camera) Stats() Stats {
 	return Stats{
 		Frames: c.frames.Load(), Dropped: c.dropped.Load(), Bad: c.bad.Load(),
 		Reconnects: c.reconnects.Load(), Stalls: c.stalls.Load(), SizeChanges: c.sizeChanges.Load(),
+		Refused: c.refused.Load(),
 	}
 }
 
@@ -198,7 +209,7 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 	stop := make(chan struct{})
 	defer close(stop)
 	reads := make(chan read)
-	go readLoop(c.cfg.Source, c.lastFile, reads, stop)
+	go readLoop(c.cfg.Source, c.cfg.Genicam, c.lastFile, reads, stop)
 
 	watchdog := time.NewTimer(c.cfg.ReadTimeout)
 	defer watchdog.Stop()
@@ -214,6 +225,9 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 		case r := <-reads:
 			if r.err != nil {
 				r.mat.Close()
+				if _, ok := errors.AsType[*RefusedError](r.err); ok {
+					c.refused.Add(1)
+				}
 				return delivered, r.err
 			}
 			if c.cfg.Source.Kind == KindDir {
@@ -252,8 +266,8 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 // owns the connection and every Mat until reads takes it, and returns (and
 // closes the connection) after an error or once stop is closed. It may
 // outlive its session when a call into OpenCV blocks.
-func readLoop(s Spec, after string, reads chan<- read, stop <-chan struct{}) {
-	src, err := open(s, after)
+func readLoop(s Spec, g Genicam, after string, reads chan<- read, stop <-chan struct{}) {
+	src, err := open(s, g, after)
 	if err != nil {
 		select {
 		case reads <- read{mat: gocv.NewMat(), err: err}:

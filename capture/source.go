@@ -23,12 +23,15 @@ const (
 	KindGst    Kind = "gst"    // gst:<GStreamer pipeline ending in appsink>
 	KindFile   Kind = "file"   // a video file: file:PATH or a plain path
 	KindDir    Kind = "dir"    // dir:PATH, a folder of images
+	// genicam:<camera id>, a GigE Vision or USB3 Vision camera through
+	// Aravis (genicam.go)
+	KindGenicam Kind = "genicam"
 )
 
 // Spec is a parsed source spec.
 type Spec struct {
 	Kind   Kind
-	Target string // device number, URL, pipeline or path
+	Target string // device number, URL, pipeline, path or camera id
 }
 
 // Finite reports whether the source ends by itself (a file or a folder).
@@ -45,6 +48,9 @@ func (s Spec) String() string { return string(s.Kind) + ":" + s.Target }
 //	gst:videotestsrc ! appsink   a GStreamer pipeline
 //	dir:/data/imgs               a folder of images, read in name order
 //	file:/data/a.mkv, /data/a.mkv  a video file
+//	genicam:Basler-40012345      a GigE Vision or USB3 Vision camera by its
+//	                             Aravis id, user name, vendor-serial, MAC
+//	                             or IP address
 func ParseSource(spec string) (Spec, error) {
 	switch {
 	case spec == "":
@@ -75,6 +81,12 @@ func ParseSource(spec string) (Spec, error) {
 			return Spec{}, fmt.Errorf("source %q: expected dir:PATH", spec)
 		}
 		return Spec{KindDir, p}, nil
+	case strings.HasPrefix(spec, "genicam:"):
+		id := strings.TrimPrefix(spec, "genicam:")
+		if err := validCameraID(id); err != nil {
+			return Spec{}, fmt.Errorf("source %q: expected genicam:<camera id> (arv-tool-0.8 lists them): %w", spec, err)
+		}
+		return Spec{KindGenicam, id}, nil
 	case strings.HasPrefix(spec, "file:"):
 		p := strings.TrimPrefix(spec, "file:")
 		if p == "" {
@@ -110,9 +122,12 @@ type reader interface {
 }
 
 // open connects to the source. after is the last file a folder source
-// handed on: the folder resumes after it instead of starting again.
-func open(s Spec, after string) (reader, error) {
+// handed on: the folder resumes after it instead of starting again. g is
+// a genicam source's camera settings.
+func open(s Spec, g Genicam, after string) (reader, error) {
 	switch s.Kind {
+	case KindGenicam:
+		return openGenicam(s.Target, g)
 	case KindDir:
 		return openDir(s.Target, after)
 	case KindV4L2:

@@ -197,6 +197,17 @@ func New(cfg Config, log *slog.Logger) (*Publisher, error) {
 // connection and pass its messages to h. Call it before Connect.
 func (p *Publisher) Subscribe(topic string, h Handler) { p.subs[topic] = h }
 
+// TLSConfig is the TLS configuration a Publisher of cfg connects with
+// (nil: plain TCP), for another connection to the same broker (package
+// sparkplug).
+func TLSConfig(cfg Config) (*tls.Config, error) {
+	u, err := url.Parse(cfg.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt broker %q: expected a URL such as tcp://host:1883", RedactURL(cfg.Broker))
+	}
+	return tlsConfig(u.Scheme, cfg)
+}
+
 func tlsConfig(scheme string, cfg Config) (*tls.Config, error) {
 	secure := scheme == "ssl" || scheme == "tls" || scheme == "mqtts" || scheme == "wss"
 	if !secure && cfg.CAFile == "" && cfg.CertFile == "" {

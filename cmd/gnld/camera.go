@@ -298,6 +298,7 @@ func (c *camera) process(f capture.Frame, t *trigger) (bool, error) {
 	if err := d.pub.Result(r); err != nil {
 		return false, err
 	}
+	d.spark.Result(r) // never blocks; nil: Sparkplug off
 	d.observe(c, s, f, res)
 	d.keep(s, f, res, r)
 	switch d.cfg.Map {
@@ -328,5 +329,9 @@ func (c *camera) publishUnscored(f capture.Frame, t *trigger) error {
 	if t != nil {
 		r.PartID, r.Trigger, r.LatencyMS.Trigger = t.partID, t.fields, ms(time.Since(t.at))
 	}
-	return c.d.pub.Result(r)
+	if err := c.d.pub.Result(r); err != nil {
+		return err
+	}
+	c.d.spark.Result(r)
+	return nil
 }

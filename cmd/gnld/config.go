@@ -11,6 +11,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -37,7 +38,7 @@ const prefix = "GNLD"
 // Config has no methods: loadConfig embeds it in a struct built at run
 // time, which reflect only allows for types without methods.
 type Config struct {
-	Cameras        cameraList    `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
+	Cameras        cameraList    `required:"true" doc_type:"List" desc:"Cameras, as name=source pairs separated by commas: line1=dir:/data/imgs,line2=/dev/video0. Names: lower-case letters, digits, _. Sources: /dev/videoN or v4l2:N, rtsp:// or http(s):// URL, gst:PIPELINE, genicam:CAMERA (a GigE Vision or USB3 Vision camera through Aravis, by its id, user name, serial, MAC or IP address), dir:FOLDER (images in name order), file:PATH or a video file path. A name alone takes its source from GNLD_CAMERA_<NAME>_SOURCE."`
 	ModelDir       string        `split_words:"true" default:"/usr/share/gnld/model" desc:"Model bundle folder (model.json and model.tflite, see models/BUNDLE.md). SIGHUP reloads it without a restart; to change models, point a symbolic link at the new bundle's folder and rename it over this path."`
 	ModelRoot      string        `split_words:"true" desc:"Folder of product bundles, one folder per product (<root>/<product>/model.json). Set: every camera follows the product its PLC or MES publishes (retained) on gnl/<site>/<camera>/product, a plain name or JSON {\"product\": NAME}, and scores with that product's bundle from the first frame captured after the message; until the first message a camera scores with its own model. Every product's bundle is loaded at start-up, so a changeover costs no load. A product that cannot be served is refused: the camera's results then say verdict not_scored and why, until a product it can serve. Empty: off."`
 	ModelPubkeys   string        `envconfig:"MODEL_PUBKEYS" desc:"File of trusted Ed25519 public keys, one per line (KEY.pub from gnlctl keygen). Set: gnld serves only bundles signed by one of them (gnlctl sign), at start-up, on reload and at a product changeover; an unsigned bundle, one signed by another key or one whose files are not those signed is refused with one line, and the model in service keeps serving. Empty: bundles need no signature."`
@@ -60,6 +61,9 @@ type Config struct {
 	MQTTQoS          int           `envconfig:"MQTT_QOS" default:"1" desc:"QoS of results and maps: 0, 1 or 2. With 0 the broker does not acknowledge: a result sent as the connection drops is lost (while it is down, results are spooled at any QoS)."`
 	MQTTTimeout      time.Duration `envconfig:"MQTT_TIMEOUT" default:"5s" desc:"Limit for connecting and for each acknowledgement; a result not acknowledged in time is spooled, and after 3 in a row the connection is made anew."`
 	MQTTReconnectMax time.Duration `envconfig:"MQTT_RECONNECT_MAX" default:"2s" desc:"Cap of the MQTT reconnect backoff, which doubles from 1 s: gnld finds a broker that is back within about this long, however long it was away (make soak's target: median 2 s). One TCP connection per try."`
+
+	Sparkplug      string `default:"off" desc:"on: also publish every result as Sparkplug B (docs/INTEGRATE.md#sparkplug-b): gnld is an edge node (GNLD_DEVICE) and each camera a device, with NBIRTH, DBIRTH, a DDATA per result, NDEATH as the Last Will and rebirth on Node Control/Rebirth, on a second connection to GNLD_MQTT_BROKER (client ID GNLD_MQTT_CLIENT_ID-spb). Results that come while it is disconnected are not sent there (the JSON topics, spooled, keep them). off: only the JSON topics."`
+	SparkplugGroup string `split_words:"true" desc:"Sparkplug B group id (spBv1.0/<group>/...); empty: GNLD_SITE."`
 
 	Map           string        `default:"off" desc:"Publish the anomaly map on gnl/<site>/<camera>/map: off, png (heat map over the frame) or raw (8-bit map, row-major). Never spooled nor retained."`
 	StatsInterval time.Duration `split_words:"true" default:"60s" desc:"Period of the stats topic gnl/<site>/<device>/stats; 0 turns it off."`
@@ -116,7 +120,13 @@ type CameraConfig struct {
 	Loop      bool     `default:"false" desc:"Start a folder or video file again when it ends."`
 	Live      *bool    `doc_type:"True or False" desc:"true: keep only the newest frame when the model is slower than the source (drops counted); false: process every frame in order. Unset: true for devices and streams, false for folders and files."`
 	FPS       float64  `default:"0" desc:"Read at most this many frames per second; 0: as fast as the source gives them."`
-	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open."`
+	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open. A genicam: camera runs free at its frame rate meanwhile (docs/INTEGRATE.md)."`
+
+	// genicam: sources only (capture.Genicam); unset: the camera's own.
+	PixelFormat string   `split_words:"true" desc:"genicam: sources: the camera's pixel format, a GenICam name: Mono8, Mono16, RGB8, YUV422_8_UYVY, YUV422_8, BayerRG8, BayerGR8, BayerGB8 or BayerBG8 (frames reach the model as BGR); empty: the camera's current one. A format the camera does not offer is refused (one line, counted as refused in the stats topic) and the camera retried."`
+	ExposureUS  float64  `split_words:"true" default:"0" desc:"genicam: sources: exposure time in microseconds (auto exposure off); 0: the camera's. Checked against the camera's bounds (needs arv-tool-0.8) and refused like the pixel format."`
+	GainDB      *float64 `split_words:"true" doc_type:"Float" desc:"genicam: sources: gain in dB, 0 to 500 (auto gain off); unset: the camera's. Checked and refused like the exposure."`
+	FrameRate   float64  `split_words:"true" default:"0" desc:"genicam: sources: the camera's acquisition frame rate in Hz (AcquisitionFrameRate); 0: the camera's. Checked and refused like the exposure. GNLD_CAMERA_<NAME>_FPS caps the frames gnld reads; this sets how many the camera takes."`
 
 	name       string
 	sourceFrom string // the variable Source came from, for errors
@@ -304,6 +314,10 @@ func validate(c *Config) error {
 		return invalid("DELEGATE", c.Delegate, "xnnpack, builtin, gpu or the path of a TFLite delegate plugin .so")
 	case c.MQTTQoS < 0 || c.MQTTQoS > 2:
 		return invalid("MQTT_QOS", c.MQTTQoS, "0, 1 or 2")
+	case c.Sparkplug != "off" && c.Sparkplug != "on":
+		return invalid("SPARKPLUG", c.Sparkplug, "off or on")
+	case c.SparkplugGroup != "" && !publish.ValidName(c.SparkplugGroup):
+		return invalid("SPARKPLUG_GROUP", c.SparkplugGroup, "a name without / + #, or empty (GNLD_SITE)")
 	case c.Map != "off" && c.Map != "png" && c.Map != "raw":
 		return invalid("MAP", c.Map, "off, png or raw")
 	case c.StatsInterval < 0:
@@ -372,7 +386,7 @@ func validate(c *Config) error {
 		}
 		s, err := capture.ParseSource(cc.Source)
 		if err != nil {
-			return fmt.Errorf("%s: camera %s: %w; expected /dev/videoN, v4l2:N, rtsp://, http(s)://, gst:PIPELINE, dir:FOLDER or a video file", cc.sourceFrom, cc.name, err)
+			return fmt.Errorf("%s: camera %s: %w; expected /dev/videoN, v4l2:N, rtsp://, http(s)://, gst:PIPELINE, genicam:CAMERA, dir:FOLDER or a video file", cc.sourceFrom, cc.name, err)
 		}
 		cc.spec = s
 		switch {
@@ -386,6 +400,9 @@ func validate(c *Config) error {
 			return invalid(key+"LOOP", cc.Loop, "false for a device or stream (only folders and files end)")
 		case cc.Trigger != "off" && cc.Trigger != "mqtt":
 			return invalid(key+"TRIGGER", cc.Trigger, "off or mqtt")
+		}
+		if err := validateGenicam(cc, key); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -402,7 +419,47 @@ func (c *Config) captureConfig(i int) capture.Config {
 		Name: cc.name, Source: cc.spec, Live: live, Loop: cc.Loop, FPS: cc.FPS,
 		ROI: cc.ROI.Rectangle, Rotate: cc.Rotate,
 		ReadTimeout: c.ReadTimeout, BackoffMin: c.ReconnectMin, BackoffMax: c.ReconnectMax,
+		Genicam: genicamSettings(cc),
 	}
+}
+
+// genicamSettings is a camera's genicam settings for package capture.
+func genicamSettings(cc CameraConfig) capture.Genicam {
+	return capture.Genicam{PixelFormat: cc.PixelFormat, ExposureUS: cc.ExposureUS, GainDB: cc.GainDB, FrameRate: cc.FrameRate}
+}
+
+// validateGenicam checks a camera's genicam settings: only genicam:
+// sources take them, and each must be one aravissrc can send.
+func validateGenicam(cc *CameraConfig, key string) error {
+	if cc.spec.Kind != capture.KindGenicam {
+		for _, s := range []struct {
+			name string
+			set  bool
+			v    any
+		}{
+			{"PIXEL_FORMAT", cc.PixelFormat != "", cc.PixelFormat}, {"EXPOSURE_US", cc.ExposureUS != 0, cc.ExposureUS},
+			{"GAIN_DB", cc.GainDB != nil, cc.GainDB}, {"FRAME_RATE", cc.FrameRate != 0, cc.FrameRate},
+		} {
+			if s.set {
+				if p, ok := s.v.(*float64); ok {
+					s.v = *p
+				}
+				return invalid(key+s.name, s.v, "unset: only genicam: sources (GigE Vision and USB3 Vision cameras) take camera settings; this camera's source is "+string(cc.spec.Kind))
+			}
+		}
+		return nil
+	}
+	switch {
+	case cc.PixelFormat != "" && !slices.Contains(capture.PixelFormats(), cc.PixelFormat):
+		return invalid(key+"PIXEL_FORMAT", cc.PixelFormat, "empty (the camera's) or one of "+strings.Join(capture.PixelFormats(), ", "))
+	case !(cc.ExposureUS >= 0) || cc.ExposureUS > 1e8:
+		return invalid(key+"EXPOSURE_US", cc.ExposureUS, "0 (the camera's) or an exposure time in microseconds up to 1e8")
+	case cc.GainDB != nil && (!(*cc.GainDB >= 0) || *cc.GainDB > 500):
+		return invalid(key+"GAIN_DB", *cc.GainDB, "unset (the camera's) or a gain of 0 to 500 dB")
+	case !(cc.FrameRate >= 0) || cc.FrameRate > 1e6:
+		return invalid(key+"FRAME_RATE", cc.FrameRate, "0 (the camera's) or a frame rate in Hz up to 1e6")
+	}
+	return nil
 }
 
 // publishConfig is what package publish needs.

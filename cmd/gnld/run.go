@@ -31,6 +31,7 @@ import (
 	"gnld/pipeline"
 	"gnld/publish"
 	"gnld/runtime"
+	"gnld/sparkplug"
 	"gnld/web"
 )
 
@@ -91,6 +92,7 @@ type daemon struct {
 	runID   string
 	cams    []*camera
 	pub     *publish.Publisher
+	spark   *sparkplug.Node    // nil: GNLD_SPARKPLUG=off (sparkplug.go)
 	http    *httpserver.Server // nil: GNLD_HTTP_ADDR is off
 	notify  *sdnotify.Notifier
 	metrics *metrics.Metrics
@@ -179,6 +181,10 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	pc.StatsExtra = d.cameraStats
 	pc.StatsModel = d.modelStats
 	if d.pub, err = publish.New(pc, log); err != nil {
+		d.close()
+		return nil, err
+	}
+	if d.spark, err = d.newSparkplug(); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -275,6 +281,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 	d.serveHTTP()
 	defer d.stopHTTP()
 	d.pub.Connect()
+	d.spark.Start()
 
 	// The publisher runs until Close, not until ctx: it must outlive the
 	// cameras to publish what they captured. hard ends its tries on the
@@ -346,6 +353,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal) error {
 		d.evidence.Close() // writes what the workers queued
 	}
 	d.pub.Close()
+	d.spark.Stop(deadline) // while the publisher finishes
 	select {
 	case <-pubDone:
 	case <-time.After(time.Until(deadline) + d.cfg.MQTTTimeout + time.Second):
