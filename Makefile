@@ -107,7 +107,7 @@ deb-model:
 	tools/mkdeb-model $(or $(BUNDLE),models/default) out
 
 lint:
-	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift tools)"; \
+	@out="$$(gofmt -l cmd capture runtime pipeline publish models internal calibration packaging web drift tools sparkplug evidence teach monitoring)"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
