@@ -500,10 +500,11 @@ class Trainer:
             self.history["stage1"].append(record)
             elapsed = time.monotonic() - self.start
             eta = min((a.epochs - self.epoch) * record["seconds"], max(deadline - time.monotonic(), 0.0))
-            tqdm.write(f"stage 1 epoch {self.epoch}: loss {record['loss']:.4f}, held-back normal score "
-                       f"{record['normal_score']:.4f} ({steps} steps, {record['seconds']} s; "
-                       f"{elapsed / 60:.1f} min so far, stage 1 ends in at most {eta / 60:.1f} min)",
-                       file=sys.stderr)
+            if world.main:  # one log line per epoch, not one per process
+                tqdm.write(f"stage 1 epoch {self.epoch}: loss {record['loss']:.4f}, held-back normal score "
+                           f"{record['normal_score']:.4f} ({steps} steps, {record['seconds']} s; "
+                           f"{elapsed / 60:.1f} min so far, stage 1 ends in at most {eta / 60:.1f} min)",
+                           file=sys.stderr)
             self.save()
         if self._plateau():
             self.run_record["stopped_by"] = "plateau"
