@@ -188,6 +188,17 @@ func Teach(src *models.Bundle, frames []Frame, dst string, opt Options) (Report,
 	next := 0
 	for i, f := range frames {
 		add := cover(queries[i], bank, layout.Dims, radius, maxRows)
+		// A frame already below the target (scored by the bank as it is
+		// now: earlier frames of this teaching may have moved it) takes no row.
+		now := before[i]
+		if i > 0 && len(add) > 0 {
+			if now, err = scoreWith(src, scratch, model, layout, bank, f.Mat, opt.Runtime); err != nil {
+				return Report{}, err
+			}
+		}
+		if now < target {
+			add = nil
+		}
 		var rows []int
 		for k := 0; k < len(add); {
 			step := min(max(4, 2*k), len(add)) // 4, 8, 16, ... descriptors in all

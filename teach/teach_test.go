@@ -68,7 +68,9 @@ func TestTeachMakesFrameNormal(t *testing.T) {
 	otherBefore := score(t, src, o)
 	dst := filepath.Join(t.TempDir(), "taught")
 	at := time.Date(2026, 12, 5, 8, 0, 0, 0, time.UTC)
-	rep, err := Teach(src, []Frame{a}, dst, Options{By: "ana", Now: at})
+	// A camera threshold of 5.2 (as a calibrated one can be) makes the tile a
+	// false alarm; the bundle's own (6.12) does not flag it.
+	rep, err := Teach(src, []Frame{a}, dst, Options{By: "ana", Now: at, Threshold: 5.2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +105,7 @@ func TestTeachMakesFrameNormal(t *testing.T) {
 	// a second frame takes rows of its own, never the first frame's.
 	b := frame(t, highB)
 	dst2 := filepath.Join(t.TempDir(), "taught2")
-	rep2, err := Teach(nb, []Frame{a, b}, dst2, Options{By: "ben"})
+	rep2, err := Teach(nb, []Frame{a, b}, dst2, Options{By: "ben", Threshold: 5.2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +137,7 @@ func TestTeachRefusesAnUnteachableBundle(t *testing.T) {
 // A cap on rows per frame holds, and a destination that exists is refused.
 func TestTeachLimits(t *testing.T) {
 	src := load(t, defaultBundle)
-	rep, err := Teach(src, []Frame{frame(t, highA)}, filepath.Join(t.TempDir(), "x"), Options{MaxRows: 3})
+	rep, err := Teach(src, []Frame{frame(t, highA)}, filepath.Join(t.TempDir(), "x"), Options{MaxRows: 3, Threshold: 5.2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,5 +146,13 @@ func TestTeachLimits(t *testing.T) {
 	}
 	if _, err := Teach(src, []Frame{frame(t, highA)}, t.TempDir(), Options{}); err == nil {
 		t.Error("teaching into an existing folder: no error")
+	}
+	// A frame already well below the threshold takes no row.
+	rep, err = Teach(src, []Frame{frame(t, other)}, filepath.Join(t.TempDir(), "y"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := rep.Frames[0]; f.Rows != 0 || !f.Normal {
+		t.Errorf("a normal frame: %+v, want no row taken", f)
 	}
 }
