@@ -8,6 +8,7 @@
 #   make fuzz     the long fuzz run: FUZZTIME per target (default 10m)
 #   make bench    per-stage latency, RSS, Go vs Python pipeline
 #   make soak     gnld for SOAK_MINUTES (10) under injected faults; nothing lost?
+#   make fleet    20 gnld, 2 site brokers bridged to a centre, FLEET_MINUTES (10) of cuts and restarts
 #   make model    retrain the default bundle in models/default from MTD
 #   make deb      the Debian package, out/gnld_<version>_<arch>.deb
 #   make deb-model  a model bundle as its own package (BUNDLE=models/default)
@@ -21,7 +22,7 @@ NATIVE := $(shell if [ -n "$$SIDROOT_INSIDE" ]; then echo 1; \
   elif pkg-config --exists opencv4 2>/dev/null && [ "$$(pkg-config --modversion opencv4 | cut -d. -f1,2)" = "4.10" ] \
        && { ldconfig -p 2>/dev/null | grep -q libtensorflowlite_c.so; }; then echo 1; fi)
 
-TARGETS := build run test test-go test-py test-fuzz fuzz bench soak eval model deb-model lint clean-bin
+TARGETS := build run test test-go test-py test-fuzz fuzz bench soak fleet eval model deb-model lint clean-bin
 
 ifeq ($(NATIVE),)
 # ---- host side: forward to the root -------------------------------------
@@ -80,6 +81,14 @@ bench: build
 # Exits 1 when a target is missed. Not part of make test.
 soak: build
 	$(GO) run ./tools/soak
+
+# A fleet on one machine (docs/FLEET.md): 20 gnld processes, two site
+# brokers bridged to a central one, FLEET_MINUTES (default 10) with the
+# link cut and the brokers restarted; every result must reach the centre.
+# Not part of make test (TestFleet skips without GNLD_FLEET_MINUTES). The
+# run takes FLEET_MINUTES plus about 2; go test's limit is 30 minutes.
+fleet:
+	GNLD_FLEET_MINUTES=$(or $(FLEET_MINUTES),10) $(GO) test -count=1 -run '^TestFleet$$' -v -timeout 30m ./cmd/gnld
 
 eval: build ; tools/evaluate $(EVAL_ARGS)
 

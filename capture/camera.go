@@ -59,6 +59,12 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// Genicam is a genicam source's camera settings; zero for others.
 	Genicam Genicam
+	// SoftwareTrigger (genicam sources only): the camera is set to
+	// TriggerMode=On, TriggerSource=Software and gives a frame only when
+	// Trigger is called, one per call (aravis.go). Waiting for the next
+	// trigger is not a stall: the watchdog then watches a liveness check
+	// of the connection instead of frames.
+	SoftwareTrigger bool
 }
 
 // Frame is one captured image. Whoever receives a Frame owns its Mat and
@@ -88,6 +94,10 @@ type Stats struct {
 	// Refused counts the connections to a genicam camera that failed
 	// because the camera does not take one of its settings (RefusedError).
 	Refused uint64 `json:"refused,omitempty"`
+	// Untriggered counts the frames a software-triggered camera sent
+	// without a trigger (discarded, never handed on): a camera that
+	// ignores TriggerMode.
+	Untriggered uint64 `json:"untriggered,omitempty"`
 }
 
 // Camera reads one source. See the package comment for its lifecycle.
@@ -101,7 +111,12 @@ type Camera struct {
 	lastFile string    // last file of a folder handed on or skipped
 	sizeWarn time.Time // rate-limits the size change warning
 
-	frames, dropped, bad, reconnects, stalls, sizeChanges, refused atomic.Uint64
+	frames, dropped, bad, reconnects, stalls, sizeChanges, refused, untriggered atomic.Uint64
+
+	// Software trigger: Trigger hands a request to the session (fire)
+	// while one is connected (ready).
+	fire  chan *fireReq
+	ready atomic.Bool
 }
 
 // New checks cfg and returns a camera that has not started reading.
@@ -117,13 +132,15 @@ func New(cfg Config, log *slog.Logger) (*Camera, error) {
 		return nil, fmt.Errorf("camera %s: timeouts must be positive and backoff min <= max", cfg.Name)
 	case cfg.FPS < 0:
 		return nil, fmt.Errorf("camera %s: fps %g: expected >= 0", cfg.Name, cfg.FPS)
+	case cfg.Source.Kind != KindGenicam && cfg.SoftwareTrigger:
+		return nil, fmt.Errorf("camera %s: software trigger is for genicam: sources only", cfg.Name)
 	case cfg.Source.Kind != KindGenicam && !cfg.Genicam.IsZero():
 		return nil, fmt.Errorf("camera %s: camera settings (pixel format, exposure, gain, frame rate) are for genicam: sources only", cfg.Name)
 	}
 	if err := cfg.Genicam.check(); err != nil {
 		return nil, fmt.Errorf("camera %s: %w", cfg.Name, err)
 	}
-	return &Camera{cfg: cfg, log: log.With("camera", cfg.Name), out: make(chan Frame, 1)}, nil
+	return &Camera{cfg: cfg, log: log.With("camera", cfg.Name), out: make(chan Frame, 1), fire: make(chan *fireReq)}, nil
 }
 
 // Name returns the camera's name.
@@ -137,7 +154,7 @@ func (c *Camera) Stats() Stats {
 	return Stats{
 		Frames: c.frames.Load(), Dropped: c.dropped.Load(), Bad: c.bad.Load(),
 		Reconnects: c.reconnects.Load(), Stalls: c.stalls.Load(), SizeChanges: c.sizeChanges.Load(),
-		Refused: c.refused.Load(),
+		Refused: c.refused.Load(), Untriggered: c.untriggered.Load(),
 	}
 }
 
@@ -159,7 +176,11 @@ func (c *Camera) Run(ctx context.Context) error {
 				c.log.Info("capture: source back", "failures", failures, "outage", time.Since(outage).Round(time.Millisecond))
 			}
 		}
-		delivered, err := c.session(ctx, back)
+		session := c.session
+		if c.cfg.SoftwareTrigger {
+			session = c.sessionTriggered
+		}
+		delivered, err := session(ctx, back)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -200,6 +221,11 @@ type read struct {
 	file string
 	err  error
 	at   time.Time
+	// Software trigger only: beat is a connection that is open and
+	// answers while it waits for a trigger (mat is no frame); strays
+	// counts the frames the camera sent without a trigger.
+	beat   bool
+	strays uint64
 }
 
 // session opens one connection and reads it until it fails, ends, stalls

@@ -76,6 +76,7 @@ type pixelFormat struct {
 	// demosaic: OpenCV's conversion of the raw Bayer frame to BGR; 0:
 	// GStreamer's videoconvert converts the frame.
 	demosaic gocv.ColorConversionCode
+	pfnc     uint32 // the PFNC code, as libaravis gives it (trigger mode)
 }
 
 // pixelFormats: 8-bit formats and Mono16. Mono10/12/14 are left out:
@@ -83,15 +84,15 @@ type pixelFormat struct {
 // Mono16. OpenCV names Bayer patterns by the second row
 // (COLOR_BayerBG2BGR is RGGB).
 var pixelFormats = []pixelFormat{
-	{names: []string{"Mono8"}, caps: "video/x-raw,format=GRAY8"},
-	{names: []string{"Mono16"}, caps: "video/x-raw,format=GRAY16_LE"},
-	{names: []string{"RGB8", "RGB8Packed"}, caps: "video/x-raw,format=RGB"},
-	{names: []string{"YUV422_8_UYVY", "YUV422Packed"}, caps: "video/x-raw,format=UYVY"},
-	{names: []string{"YUV422_8", "YUV422_YUYV_Packed"}, caps: "video/x-raw,format=YUY2"},
-	{names: []string{"BayerRG8"}, caps: "video/x-bayer,format=rggb", demosaic: gocv.ColorBayerBGToBGR},
-	{names: []string{"BayerGR8"}, caps: "video/x-bayer,format=grbg", demosaic: gocv.ColorBayerGBToBGR},
-	{names: []string{"BayerGB8"}, caps: "video/x-bayer,format=gbrg", demosaic: gocv.ColorBayerGRToBGR},
-	{names: []string{"BayerBG8"}, caps: "video/x-bayer,format=bggr", demosaic: gocv.ColorBayerRGToBGR},
+	{names: []string{"Mono8"}, caps: "video/x-raw,format=GRAY8", pfnc: 0x01080001},
+	{names: []string{"Mono16"}, caps: "video/x-raw,format=GRAY16_LE", pfnc: 0x01100007},
+	{names: []string{"RGB8", "RGB8Packed"}, caps: "video/x-raw,format=RGB", pfnc: 0x02180014},
+	{names: []string{"YUV422_8_UYVY", "YUV422Packed"}, caps: "video/x-raw,format=UYVY", pfnc: 0x0210001f},
+	{names: []string{"YUV422_8", "YUV422_YUYV_Packed"}, caps: "video/x-raw,format=YUY2", pfnc: 0x02100032},
+	{names: []string{"BayerRG8"}, caps: "video/x-bayer,format=rggb", demosaic: gocv.ColorBayerBGToBGR, pfnc: 0x01080009},
+	{names: []string{"BayerGR8"}, caps: "video/x-bayer,format=grbg", demosaic: gocv.ColorBayerGBToBGR, pfnc: 0x01080008},
+	{names: []string{"BayerGB8"}, caps: "video/x-bayer,format=gbrg", demosaic: gocv.ColorBayerGRToBGR, pfnc: 0x0108000a},
+	{names: []string{"BayerBG8"}, caps: "video/x-bayer,format=bggr", demosaic: gocv.ColorBayerRGToBGR, pfnc: 0x0108000b},
 }
 
 // PixelFormats lists the GenICam pixel formats a genicam source reads.
@@ -203,14 +204,7 @@ var discoveryWait = 500 * time.Millisecond
 // openGenicam finds camera id, checks g against the camera's bounds and
 // opens the pipeline.
 func openGenicam(id string, g Genicam) (reader, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	seen, derr := discoverGigE(ctx, id, discoveryWait)
-	onGigE := slices.ContainsFunc(seen, func(c gigeCamera) bool { return c.Matches(id) })
-	if !onGigE && !usb3VisionAttached() {
-		return nil, notFound(id, seen, derr)
-	}
-	pf, err := checkGenicam(ctx, id, g)
+	pf, onGigE, err := findGenicam(id, g)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +223,33 @@ func openGenicam(id string, g Genicam) (reader, error) {
 		r.demosaic = pf.demosaic
 	}
 	return r, nil
+}
+
+// findGenicam finds camera id (discovery) and checks g against the
+// camera's bounds. It returns the pixel format to ask for (nil: the
+// camera's, unknown without arv-tool) and whether the camera answered
+// GigE Vision discovery.
+func findGenicam(id string, g Genicam) (pf *pixelFormat, onGigE bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	seen, derr := discoverGigE(ctx, id, discoveryWait)
+	onGigE = slices.ContainsFunc(seen, func(c gigeCamera) bool { return c.Matches(id) })
+	if !onGigE && !usb3VisionAttached() {
+		return nil, false, notFound(id, seen, derr)
+	}
+	pf, err = checkGenicam(ctx, id, g)
+	return pf, onGigE, err
+}
+
+// openGenicamTriggered finds camera id like openGenicam and opens it in
+// software trigger mode through libaravis (aravis.go); wait bounds the
+// wait for each triggered frame.
+func openGenicamTriggered(id string, g Genicam, wait time.Duration) (triggerReader, error) {
+	pf, _, err := findGenicam(id, g)
+	if err != nil {
+		return nil, err
+	}
+	return openAravis(id, g, pf, wait)
 }
 
 // notFound is the error for a camera that did not answer discovery.
@@ -252,6 +273,7 @@ func notFound(id string, seen []gigeCamera, derr error) error {
 type genicamReader struct {
 	*videoReader
 	demosaic gocv.ColorConversionCode
+	pfnc     uint32 // the PFNC code, as libaravis gives it (trigger mode)
 }
 
 func (r *genicamReader) Read(m *gocv.Mat) (string, error) {

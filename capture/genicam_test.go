@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gocv.io/x/gocv"
 )
 
 func TestParseSourceGenicam(t *testing.T) {
@@ -264,5 +267,39 @@ func TestGenicamNotFound(t *testing.T) {
 	t.Logf("%s after %s", r.err, time.Since(start).Round(time.Millisecond))
 	if time.Since(start) > time.Second {
 		t.Errorf("took %s", time.Since(start))
+	}
+}
+
+// Frames libaravis gives in trigger mode become 8-bit BGR.
+func TestToBGR(t *testing.T) {
+	const w, h = 4, 4
+	for _, tc := range []struct {
+		format string
+		data   []byte
+		want   [3]uint8 // BGR of pixel (2,2), within 3 (Bayer borders are 0; YUV is video range)
+	}{
+		{"Mono8", bytes.Repeat([]byte{200}, w*h), [3]uint8{200, 200, 200}},
+		{"Mono16", bytes.Repeat([]byte{0x00, 0x80}, w*h), [3]uint8{128, 128, 128}},
+		{"RGB8", bytes.Repeat([]byte{10, 20, 30}, w*h), [3]uint8{30, 20, 10}},
+		{"BayerRG8", bytes.Repeat([]byte{90}, w*h), [3]uint8{90, 90, 90}},
+		{"YUV422_8_UYVY", bytes.Repeat([]byte{128, 100}, w*h), [3]uint8{100, 100, 100}},
+	} {
+		m, err := toBGR(tc.data, w, h, pixelFormatNamed(tc.format).pfnc)
+		if err != nil {
+			t.Errorf("%s: %v", tc.format, err)
+			continue
+		}
+		v := m.GetVecbAt(2, 2)
+		near := func(a, b uint8) bool { return int(a)-int(b) <= 3 && int(b)-int(a) <= 3 }
+		if m.Type() != gocv.MatTypeCV8UC3 || m.Cols() != w || m.Rows() != h || !near(v[0], tc.want[0]) || !near(v[1], tc.want[1]) || !near(v[2], tc.want[2]) {
+			t.Errorf("%s: %dx%d type %v pixel %v, want %dx%d BGR %v", tc.format, m.Cols(), m.Rows(), m.Type(), v, w, h, tc.want)
+		}
+		m.Close()
+	}
+	if _, err := toBGR(make([]byte, 3), w, h, pixelFormatNamed("Mono8").pfnc); err == nil {
+		t.Error("short frame: no error")
+	}
+	if _, err := toBGR(make([]byte, w*h*2), w, h, 0x010c0006); err == nil { // Mono12
+		t.Error("Mono12: no error")
 	}
 }

@@ -655,12 +655,16 @@ func (p *Publisher) disconnect() {
 type Result struct {
 	RunID     string    `json:"run_id"`    // this daemon run; with camera and sequence it names the result
 	Timestamp time.Time `json:"timestamp"` // frame capture time
-	Sequence  uint64    `json:"sequence"`  // per camera, from 1; gaps are dropped, bad or (trigger mode) unscored frames
-	Camera    string    `json:"camera"`
-	File      string    `json:"file,omitempty"` // source file, when known
-	Model     Model     `json:"model"`          // the model that scored this frame
-	Score     float32   `json:"score"`
-	Threshold float32   `json:"threshold"`
+	// Sequence: per camera, from 1; gaps are dropped, bad or (trigger
+	// mode) unscored frames. 0: a trigger answered without a frame (a
+	// software-triggered camera gave none; verdict NotScored;
+	// Timestamp is then when it was answered).
+	Sequence  uint64  `json:"sequence"`
+	Camera    string  `json:"camera"`
+	File      string  `json:"file,omitempty"` // source file, when known
+	Model     Model   `json:"model"`          // the model that scored this frame
+	Score     float32 `json:"score"`
+	Threshold float32 `json:"threshold"`
 	// ThresholdSource says where Threshold comes from: "bundle"
 	// (model.json), "calibration" (gnlctl calibrate) or "config"
 	// (GNLD_CAMERA_<NAME>_THRESHOLD).
@@ -702,8 +706,9 @@ type Latency struct {
 }
 
 // NotScored is the verdict of a frame that no model scored: its camera's
-// product was refused (unknown, or its bundle failed its checks). Score
-// and threshold are 0 then; Reason says why.
+// product was refused (unknown, or its bundle failed its checks), or, for
+// a trigger of a software-triggered camera, there was no frame. Score and
+// threshold are 0 then; Reason says why.
 const NotScored = "not_scored"
 
 // Verdict turns the pipeline's decision into the payload's word.

@@ -87,7 +87,8 @@ type consumer struct {
 	seqs map[uint64]int
 }
 
-func startConsumer(t *testing.T, b *testbroker.Broker, files testbroker.TLSFiles, name, filter string) *consumer {
+// clientTLS is the TLS configuration of a client of a StartTLS broker.
+func clientTLS(t *testing.T, files testbroker.TLSFiles) *tls.Config {
 	ca, _ := os.ReadFile(files.CA)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
@@ -95,9 +96,12 @@ func startConsumer(t *testing.T, b *testbroker.Broker, files testbroker.TLSFiles
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+}
+
+func startConsumer(t *testing.T, b *testbroker.Broker, files testbroker.TLSFiles, name, filter string) *consumer {
 	c := &consumer{seqs: map[uint64]int{}}
-	opts := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(name).
-		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}).
+	opts := mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(name).SetTLSConfig(clientTLS(t, files)).
 		SetCleanSession(false).SetAutoReconnect(true).SetOrderMatters(false)
 	cl := mqtt.NewClient(opts)
 	if tok := cl.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -128,6 +132,30 @@ func (c *consumer) got() map[uint64]int {
 	return out
 }
 
+// siteBridgeConf is the shipped site bridge
+// (systemd/mosquitto-site-bridge.conf) for site, its link to the centre
+// going through link, with the test's certificates and a shorter retry.
+func siteBridgeConf(t *testing.T, site string, link *cutProxy, files testbroker.TLSFiles) string {
+	shipped, err := os.ReadFile("../../systemd/mosquitto-site-bridge.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf []string
+	for _, line := range strings.Split(string(shipped), "\n") {
+		if strings.HasPrefix(line, "persistence ") { // the test broker's own configuration has it
+			continue
+		}
+		line = strings.ReplaceAll(line, "CENTRE_HOST:8883", link.addr)
+		line = strings.ReplaceAll(line, "SITE", site)
+		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/centre-ca.pem", files.CA)
+		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/site.pem", files.Cert)
+		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/site.key", files.Key)
+		line = strings.ReplaceAll(line, "restart_timeout 2 30", "restart_timeout 1 5") // the test's patience
+		conf = append(conf, line)
+	}
+	return strings.Join(conf, "\n")
+}
+
 // The shipped site bridge (systemd/mosquitto-site-bridge.conf) between two
 // real mosquittos, the centre over TLS with client certificates: gnld
 // publishes to the site broker while two central consumers share one
@@ -147,24 +175,7 @@ func TestSiteBridge(t *testing.T) {
 	dir, _ := mtdSamples(t, 2, "good")
 	centre, files := testbroker.StartTLS(t)
 	link := newCutProxy(t, fmt.Sprintf("127.0.0.1:%d", centre.Port))
-	shipped, err := os.ReadFile("../../systemd/mosquitto-site-bridge.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conf []string
-	for _, line := range strings.Split(string(shipped), "\n") {
-		if strings.HasPrefix(line, "persistence ") { // the test broker's own configuration has it
-			continue
-		}
-		line = strings.ReplaceAll(line, "CENTRE_HOST:8883", link.addr)
-		line = strings.ReplaceAll(line, "SITE", "test")
-		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/centre-ca.pem", files.CA)
-		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/site.pem", files.Cert)
-		line = strings.ReplaceAll(line, "/etc/mosquitto/certs/site.key", files.Key)
-		line = strings.ReplaceAll(line, "restart_timeout 2 30", "restart_timeout 1 5") // the test's patience
-		conf = append(conf, line)
-	}
-	site := testbroker.StartConf(t, strings.Join(conf, "\n"))
+	site := testbroker.StartConf(t, siteBridgeConf(t, "test", link, files))
 	historian := []*consumer{
 		startConsumer(t, centre, files, "historian-1", "$share/historian/gnl/test/+/result"),
 		startConsumer(t, centre, files, "historian-2", "$share/historian/gnl/test/+/result"),

@@ -161,6 +161,16 @@ func (c *camera) runTriggered() error {
 		select {
 		case t := <-next:
 			cur = &t
+			if c.cap.Triggered() {
+				fired, err := c.fire(cur)
+				if err != nil {
+					return err
+				}
+				if !fired {
+					cur = nil
+				}
+				d.beat(c)
+			}
 			continue
 		case <-tick.C:
 			d.beat(c)
@@ -195,9 +205,43 @@ func (c *camera) runTriggered() error {
 		if scored { // else the next frame answers it
 			q.answered.Add(1)
 			cur = nil
+		} else if c.cap.Triggered() { // which the camera gives when triggered again
+			fired, err := c.fire(cur)
+			if err != nil {
+				return err
+			}
+			if !fired {
+				cur = nil
+			}
 		}
 		d.beat(c)
 	}
+}
+
+// fire fires a software-triggered camera's trigger for t. It reports
+// whether the frame that answers t is on the camera's Frames; if not, it
+// has answered t with a not_scored result that says why (no frame, so no
+// sequence number), counted in no_frame: the PLC gets an answer for every
+// part it triggered.
+func (c *camera) fire(t *trigger) (bool, error) {
+	err := c.cap.Trigger()
+	if err == nil {
+		return true, nil
+	}
+	q := c.trig
+	n := q.noFrame.Add(1)
+	q.answered.Add(1)
+	c.d.log.Warn("trigger answered not_scored: the camera gave no frame", "camera", c.name, "part_id", t.partID, "err", err, "no_frame", n)
+	r := publish.Result{
+		RunID: c.d.runID, Timestamp: time.Now().UTC(), Camera: c.name,
+		Verdict: publish.NotScored, Reason: "no frame from the camera: " + err.Error(),
+		PartID: t.partID, Trigger: t.fields, LatencyMS: publish.Latency{Trigger: ms(time.Since(t.at))},
+	}
+	if err := c.d.pub.Result(r); err != nil {
+		return false, err
+	}
+	c.d.spark.Result(r)
+	return false, nil
 }
 
 // takeNext puts a product changeover (changeover.go) or a scorer made by

@@ -120,7 +120,7 @@ type CameraConfig struct {
 	Loop      bool     `default:"false" desc:"Start a folder or video file again when it ends."`
 	Live      *bool    `doc_type:"True or False" desc:"true: keep only the newest frame when the model is slower than the source (drops counted); false: process every frame in order. Unset: true for devices and streams, false for folders and files."`
 	FPS       float64  `default:"0" desc:"Read at most this many frames per second; 0: as fast as the source gives them."`
-	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open. A genicam: camera runs free at its frame rate meanwhile (docs/INTEGRATE.md)."`
+	Trigger   string   `default:"off" desc:"off: score every frame. mqtt: score only the first frame captured after each message on gnl/<site>/<camera>/trigger (JSON with part_id, or a plain id); the camera stays open. A genicam: camera is set to software trigger instead: each message fires the camera's trigger and the one frame it gives answers it (docs/INTEGRATE.md)."`
 
 	// genicam: sources only (capture.Genicam); unset: the camera's own.
 	PixelFormat string   `split_words:"true" desc:"genicam: sources: the camera's pixel format, a GenICam name: Mono8, Mono16, RGB8, YUV422_8_UYVY, YUV422_8, BayerRG8, BayerGR8, BayerGB8 or BayerBG8 (frames reach the model as BGR); empty: the camera's current one. A format the camera does not offer is refused (one line, counted as refused in the stats topic) and the camera retried."`
@@ -419,7 +419,8 @@ func (c *Config) captureConfig(i int) capture.Config {
 		Name: cc.name, Source: cc.spec, Live: live, Loop: cc.Loop, FPS: cc.FPS,
 		ROI: cc.ROI.Rectangle, Rotate: cc.Rotate,
 		ReadTimeout: c.ReadTimeout, BackoffMin: c.ReconnectMin, BackoffMax: c.ReconnectMax,
-		Genicam: genicamSettings(cc),
+		Genicam:         genicamSettings(cc),
+		SoftwareTrigger: cc.spec.Kind == capture.KindGenicam && cc.Trigger == "mqtt",
 	}
 }
 

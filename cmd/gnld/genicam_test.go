@@ -18,6 +18,7 @@ import (
 
 	"gnld/capture"
 	"gnld/internal/testbroker"
+	"gnld/publish"
 )
 
 // GigE Vision cameras (genicam: sources) end to end, against Aravis's
@@ -361,5 +362,151 @@ func TestGenicamConfig(t *testing.T) {
 	var st cameraStats
 	if b, _ := json.Marshal(st); strings.Contains(string(b), "refused") {
 		t.Errorf("refused is in the stats of a camera that is not genicam: %s", b)
+	}
+}
+
+// triggerResults decodes all of camera's results in arrival order (a
+// trigger answered without a frame has no sequence number, so results
+// cannot be told apart by it).
+func triggerResults(t *testing.T, sub *testbroker.Subscriber, camera string) []publish.Result {
+	var out []publish.Result
+	for _, m := range sub.On("/" + camera + "/result") {
+		var r publish.Result
+		if err := json.Unmarshal(m.Payload, &r); err != nil {
+			t.Fatalf("result %q: %v", m.Payload, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Trigger mode on a GigE Vision camera: gnld sets the simulator to
+// software trigger, and each trigger a PLC sends fires it: N triggers give
+// exactly N frames (sequence 1..N, no frame without a trigger) and N
+// results, each with its part id; with no trigger, no frame for seconds.
+// A trigger while the camera is away is answered at once as not_scored;
+// the camera, killed and started again, is found within
+// GNLD_RECONNECT_MAX + 1 s of its return.
+func TestGenicamTrigger(t *testing.T) {
+	cam := startFakeGigE(t)
+	b := testbroker.Start(t)
+	sub := testbroker.Subscribe(t, b, "gnl/#")
+	p := plc(t, b)
+	const reconnectMax = 2 * time.Second
+	g := startGnldRun(t, baseEnv(t, b.URL(), map[string]string{
+		"GNLD_CAMERAS": "gige=genicam:127.0.0.1", "GNLD_CAMERA_GIGE_TRIGGER": "mqtt",
+		"GNLD_CAMERA_GIGE_PIXEL_FORMAT": "BayerRG8", "GNLD_CAMERA_GIGE_EXPOSURE_US": "2000",
+		"GNLD_READ_TIMEOUT": "2s", "GNLD_RECONNECT_MIN": "250ms", "GNLD_RECONNECT_MAX": reconnectMax.String(),
+		"GNLD_LOG_LEVEL": "info", "GNLD_STATS_INTERVAL": "1s",
+	}))
+	waitOnline(t, sub)
+	lastStats := func() cameraStats {
+		var st stopStats
+		msgs := sub.On("/dev/stats")
+		if len(msgs) == 0 || json.Unmarshal(msgs[len(msgs)-1].Payload, &st) != nil {
+			return cameraStats{}
+		}
+		return st.Cameras["gige"]
+	}
+	// No trigger, no frame: the camera is open and waits.
+	time.Sleep(4 * time.Second)
+	if st := lastStats(); st.Frames != 0 || st.Untriggered != 0 || st.Reconnects != 0 || len(triggerResults(t, sub, "gige")) != 0 {
+		t.Fatalf("before any trigger: stats %+v, %d results; want none:\n%s", st, len(triggerResults(t, sub, "gige")), g.log)
+	}
+	if arv, err := exec.LookPath("arv-tool-0.8"); err == nil {
+		out, _ := exec.Command(arv, "-n", "127.0.0.1", "control", "TriggerSelector", "TriggerMode", "TriggerSource", "PixelFormat").CombinedOutput()
+		t.Logf("the camera's features while gnld holds it:\n%s", out)
+		for _, want := range []string{"TriggerMode = On", "TriggerSource = Software", "PixelFormat = BayerRG8"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("camera features: want %q in\n%s", want, out)
+			}
+		}
+	}
+
+	const n = 10
+	start := time.Now()
+	for i := range n {
+		send(t, p, "gnl/test/gige/trigger", fmt.Sprintf(`{"part_id":"part-%d","station":7}`, i+1), false)
+		if i%3 != 2 { // every third follows the one before at once: queued
+			time.Sleep(150 * time.Millisecond)
+		}
+	}
+	waitFor(t, 20*time.Second, "a result for each trigger", func() bool { return len(triggerResults(t, sub, "gige")) >= n })
+	t.Logf("%d results %s after the first trigger", n, time.Since(start).Round(time.Millisecond))
+	time.Sleep(3 * time.Second) // no trigger: no frame, no result
+	got := triggerResults(t, sub, "gige")
+	if len(got) != n {
+		t.Fatalf("%d results for %d triggers", len(got), n)
+	}
+	var lat []string
+	for i, r := range got {
+		if r.PartID != fmt.Sprintf("part-%d", i+1) || r.Sequence != uint64(i+1) || r.Verdict == publish.NotScored ||
+			string(r.Trigger["station"]) != "7" || r.LatencyMS.Trigger <= 0 {
+			t.Errorf("result %d: %+v; want part-%d, sequence %d, scored", i, r, i+1, i+1)
+		}
+		lat = append(lat, fmt.Sprintf("%.0f", r.LatencyMS.Trigger))
+	}
+	t.Logf("trigger-to-result latency (ms): %s", strings.Join(lat, " "))
+	if st := lastStats(); st.Frames != n || st.Untriggered != 0 || st.Reconnects != 0 || st.Trigger == nil || st.Trigger.NotScored != 0 {
+		t.Errorf("after %d triggers and 3 s without: stats %+v trigger %+v; want %d frames, none untriggered", n, st, st.Trigger, n)
+	}
+
+	// Power cut: a trigger while the camera is away is answered at once,
+	// as not scored; after its return triggers give frames again.
+	cam.kill()
+	killed := time.Now()
+	waitFor(t, 10*time.Second, "gnld to see the camera gone", func() bool {
+		return strings.Contains(g.log.String(), "capture: source failed")
+	})
+	t.Logf("gnld saw the camera gone after %s", time.Since(killed).Round(time.Millisecond))
+	sent := time.Now()
+	send(t, p, "gnl/test/gige/trigger", "away-1", false)
+	waitFor(t, 5*time.Second, "the answer to a trigger while the camera is away", func() bool {
+		return len(triggerResults(t, sub, "gige")) > n
+	})
+	away := triggerResults(t, sub, "gige")[n]
+	t.Logf("answer while away, %s after the trigger: %s", time.Since(sent).Round(time.Millisecond), away.Reason)
+	if away.PartID != "away-1" || away.Verdict != publish.NotScored || away.Sequence != 0 || !strings.Contains(away.Reason, "not connected") {
+		t.Errorf("answer while away: %+v", away)
+	}
+	time.Sleep(5*time.Second - time.Since(killed))
+	cam.start()
+	back := time.Now()
+	var first time.Duration
+	answered := n + 1
+	for k := 1; first == 0; k++ {
+		if time.Since(back) > 15*time.Second {
+			t.Fatalf("no scored result 15 s after the camera came back:\n%s", g.log)
+		}
+		send(t, p, "gnl/test/gige/trigger", fmt.Sprintf("back-%d", k), false)
+		waitFor(t, 5*time.Second, "an answer", func() bool { return len(triggerResults(t, sub, "gige")) > answered })
+		answered++
+		if r := triggerResults(t, sub, "gige")[answered-1]; r.Verdict != publish.NotScored {
+			first = time.Since(back)
+			t.Logf("first scored result %s after the return (trigger back-%d, sequence %d)", first.Round(time.Millisecond), k, r.Sequence)
+			if r.PartID != fmt.Sprintf("back-%d", k) || r.Sequence != n+1 {
+				t.Errorf("first result after the return: %+v; want back-%d, sequence %d", r, k, n+1)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if first > reconnectMax+time.Second {
+		t.Errorf("results resumed %s after the camera came back; want within GNLD_RECONNECT_MAX + 1 s = %s\n%s",
+			first.Round(time.Millisecond), reconnectMax+time.Second, g.log)
+	}
+	if err := g.stop(); err != nil {
+		t.Fatalf("gnld: %v\n%s", err, g.log)
+	}
+	st := offlineStats(t, sub).Cameras["gige"]
+	tr := st.Trigger
+	t.Logf("stats: %d frames, %d scored, %d reconnects, %d stalls, %d untriggered; trigger %+v", st.Frames, st.Processed, st.Reconnects, st.Stalls, st.Untriggered, *tr)
+	if tr.Received != uint64(answered) || tr.Answered != tr.Received || tr.Unanswered != 0 || tr.NoFrame != uint64(answered-n-1) ||
+		st.Frames != n+1 || st.Processed != n+1 || st.Untriggered != 0 || st.Refused != 0 {
+		t.Errorf("final stats %+v trigger %+v; want every trigger answered, one frame for each scored one", st, tr)
+	}
+	if w := captureWarnings(g.log.String(), "gige"); len(w) != 1 || !strings.Contains(w[0], "capture: source failed") {
+		t.Errorf("want one warning for the outage, got %d:\n%s", len(w), strings.Join(w, "\n"))
+	} else {
+		t.Log(w[0])
 	}
 }

@@ -22,6 +22,14 @@ import (
 // model is busy wait in a bounded queue (GNLD_TRIGGER_QUEUE); when it is
 // full a trigger is refused, counted and logged. Nothing is dropped
 // without a count and a log line.
+//
+// A genicam: camera in trigger mode is not free-running: it is set to
+// software trigger (capture.Config.SoftwareTrigger), and the worker fires
+// the camera's trigger when it takes a trigger from the queue, so that each
+// trigger gives exactly one frame, which answers it. A trigger the camera
+// gives no frame for (not connected, no frame within the wait) is answered
+// at once with a not_scored result whose reason says why, and counted as
+// no_frame.
 
 // trigger is one accepted trigger message.
 type trigger struct {
@@ -117,7 +125,7 @@ type triggerQueue struct {
 	mu      sync.Mutex // orders receive's push against stop's drain
 	stopped bool
 
-	received, answered, overflow, malformed, unanswered, notScored atomic.Uint64
+	received, answered, overflow, malformed, unanswered, notScored, noFrame atomic.Uint64
 }
 
 // triggerStats is the trigger part of a camera's stats.
@@ -129,6 +137,10 @@ type triggerStats struct {
 	Malformed  uint64 `json:"malformed"`  // payload not understood, or retained
 	Unanswered uint64 `json:"unanswered"` // accepted, but the camera stopped first
 	NotScored  uint64 `json:"frames_not_scored"`
+	// NoFrame counts the triggers of a software-triggered (genicam)
+	// camera that got no frame: each was answered with a not_scored
+	// result that says why (also counted in answered).
+	NoFrame uint64 `json:"no_frame,omitempty"`
 }
 
 func newTriggerQueue(camera string, size int, log *slog.Logger) *triggerQueue {
@@ -139,7 +151,7 @@ func (q *triggerQueue) stats() triggerStats {
 	return triggerStats{
 		Received: q.received.Load(), Answered: q.answered.Load(), Waiting: len(q.ch),
 		Overflow: q.overflow.Load(), Malformed: q.malformed.Load(), Unanswered: q.unanswered.Load(),
-		NotScored: q.notScored.Load(),
+		NotScored: q.notScored.Load(), NoFrame: q.noFrame.Load(),
 	}
 }
 
