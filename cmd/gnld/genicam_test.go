@@ -500,11 +500,28 @@ func TestGenicamTrigger(t *testing.T) {
 	st := offlineStats(t, sub).Cameras["gige"]
 	tr := st.Trigger
 	t.Logf("stats: %d frames, %d scored, %d reconnects, %d stalls, %d untriggered; trigger %+v", st.Frames, st.Processed, st.Reconnects, st.Stalls, st.Untriggered, *tr)
-	if tr.Received != uint64(answered) || tr.Answered != tr.Received || tr.Unanswered != 0 || tr.NoFrame != uint64(answered-n-1) ||
-		st.Frames != n+1 || st.Processed != n+1 || st.Untriggered != 0 || st.Refused != 0 {
-		t.Errorf("final stats %+v trigger %+v; want every trigger answered, one frame for each scored one", st, tr)
+	// After the restart the camera may send a frame that no trigger asked
+	// for (seen once in 8 runs, under a loaded CI machine: a GVCP command
+	// repeated, or a frame owed to a trigger that timed out). gnld must
+	// discard it and count it as untriggered, never hand it on: frames
+	// and scored results stay one per answered trigger.
+	for _, r := range triggerResults(t, sub, "gige")[n:] {
+		if r.Verdict == publish.NotScored {
+			t.Logf("not scored: %s: %s", r.PartID, r.Reason)
+		}
 	}
-	if w := captureWarnings(g.log.String(), "gige"); len(w) != 1 || !strings.Contains(w[0], "capture: source failed") {
+	if tr.Received != uint64(answered) || tr.Answered != tr.Received || tr.Unanswered != 0 || tr.NoFrame != uint64(answered-n-1) ||
+		st.Frames != n+1 || st.Processed != n+1 || st.Refused != 0 {
+		t.Errorf("final stats %+v trigger %+v; want every trigger answered, one frame for each scored one\n%s", st, tr, g.log)
+	}
+	if st.Untriggered > 0 {
+		t.Logf("%d frames without a trigger after the restart, discarded", st.Untriggered)
+	}
+	w := captureWarnings(g.log.String(), "gige")
+	if len(w) == 2 && st.Untriggered > 0 && strings.Contains(w[1], "without a trigger") {
+		w = w[:1] // the untriggered frame's warning
+	}
+	if len(w) != 1 || !strings.Contains(w[0], "capture: source failed") {
 		t.Errorf("want one warning for the outage, got %d:\n%s", len(w), strings.Join(w, "\n"))
 	} else {
 		t.Log(w[0])
