@@ -18,7 +18,8 @@
 // metric named in the rules and the dashboard exported by gnld; and, unless
 // -short, a live test in which Debian's Prometheus scrapes two gnld
 // processes with the rules loaded (every range shortened to 4s and every
-// `for:` to 2s) and GnldNoResults fires for the camera that stopped, and
-// only for it. The tests need promtool and prometheus: run them with make
+// `for:` to 2s), GnldNoResults fires for the camera that stopped, and
+// only for it, and GnldPartsNotInspected for a trigger-mode camera sent
+// more triggers than its queue holds. The tests need promtool and prometheus: run them with make
 // test-go, which runs inside tools/sidroot.
 package monitoring

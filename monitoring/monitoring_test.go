@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"gnld/internal/testbroker"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 const (
@@ -58,7 +60,8 @@ func TestRulesCheck(t *testing.T) {
 	// Every alert the fleet docs promise is there, with the parts each needs.
 	src := readFile(t, rulesFile)
 	for _, name := range []string{"GnldDown", "GnldNoResults", "GnldWorkerStuck", "GnldBrokerAway", "GnldSpoolGrowing",
-		"GnldResultsLost", "GnldCameraDrifting", "GnldFalseAlarmRateHigh", "GnldModelReloadRefused"} {
+		"GnldResultsLost", "GnldCameraDrifting", "GnldFalseAlarmRateHigh", "GnldModelReloadRefused",
+		"GnldPartsNotInspected"} {
 		if !strings.Contains(src, "- alert: "+name+"\n") {
 			t.Errorf("%s: no alert %s", rulesFile, name)
 		}
@@ -474,7 +477,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 // the rules loaded (ranges 4s, for: 2s): dev1's camera line1 loops over its
 // images for ever, dev2's camera line2 reads 75 images at 5 a second and
 // ends, gnld staying up (GNLD_EXIT_WHEN_DONE=false). GnldNoResults must
-// fire for line2 on dev2 and not for line1; every rule evaluates without
+// fire for line2 on dev2 and not for line1; dev1's camera press, in PLC
+// trigger mode with a queue of one, gets a burst of triggers, and
+// GnldPartsNotInspected must fire for it; every rule evaluates without
 // error; every gnld metric the rules and the dashboard name is in gnld's
 // /metrics; every dashboard expression runs and returns series.
 func TestLivePrometheus(t *testing.T) {
@@ -510,6 +515,11 @@ func TestLivePrometheus(t *testing.T) {
 			"GNLD_SITE": "test", "GNLD_DEVICE": d.name, "GNLD_HTTP_ADDR": d.addr,
 			"GNLD_SPOOL_DIR": filepath.Join(tmp, d.name, "spool"), "GNLD_CALIBRATION_DIR": filepath.Join(tmp, d.name, "calibration"),
 			"GNLD_STATS_INTERVAL": "0", "GNLD_LOG_LEVEL": "info",
+		}
+		if d.name == "dev1" { // and a camera in PLC trigger mode, with a queue of one
+			env["GNLD_CAMERAS"] += ",press=dir:" + d.dir
+			env["GNLD_CAMERA_PRESS_LOOP"], env["GNLD_CAMERA_PRESS_FPS"] = "true", "5"
+			env["GNLD_CAMERA_PRESS_TRIGGER"], env["GNLD_TRIGGER_QUEUE"] = "mqtt", "1"
 		}
 		start(t, "gnld "+d.name, gnldEnv(env), bin)
 	}
@@ -576,6 +586,36 @@ scrape_configs:
 	}
 	t.Logf("both cameras scoring in Prometheus at %s", time.Since(began).Round(time.Millisecond))
 
+	// A burst of triggers for press, more than its queue holds: the ones
+	// refused are parts not inspected, and GnldPartsNotInspected fires.
+	plc := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker.URL()).SetClientID("plc"))
+	if tok := plc.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("PLC connect: %v", tok.Error())
+	}
+	defer plc.Disconnect(100)
+	for i := range 10 {
+		if tok := plc.Publish("gnl/test/press/trigger", 1, false, fmt.Sprintf("part-%d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("trigger: %v", tok.Error())
+		}
+	}
+
+	// With every range at 4s and for: at 2s, it fires for about 2 s.
+	var parts alert
+	waitFor(t, 15*time.Second, "GnldPartsNotInspected firing for press", func() (bool, error) {
+		as, err := alerts(base)
+		for _, a := range as {
+			if a.Labels["alertname"] == "GnldPartsNotInspected" && a.State == "firing" {
+				parts = a
+				return true, nil
+			}
+		}
+		return false, err
+	})
+	t.Logf("GnldPartsNotInspected firing at %s: %s: %s", time.Since(began).Round(time.Millisecond), parts.Annotations["summary"], parts.Annotations["description"])
+	if parts.Labels["camera"] != "press" || parts.Labels["device"] != "dev1" || parts.Labels["severity"] != "critical" {
+		t.Errorf("the alert: %+v", parts)
+	}
+
 	// line2 runs out of images 15 s after its start; GnldNoResults fires for it.
 	var fired alert
 	waitFor(t, 60*time.Second, "GnldNoResults firing for line2", func() (bool, error) {
@@ -594,7 +634,7 @@ scrape_configs:
 		t.Errorf("the alert: %+v", fired)
 	}
 
-	// line1 goes on: no GnldNoResults for it, not even pending.
+	// line1 and press go on: no GnldNoResults for them, not even pending.
 	as, err := alerts(base)
 	if err != nil {
 		t.Fatal(err)
@@ -628,8 +668,8 @@ scrape_configs:
 			}
 		}
 	}
-	if n != 9 {
-		t.Errorf("Prometheus loaded %d rules, want 9", n)
+	if n != 10 {
+		t.Errorf("Prometheus loaded %d rules, want 10", n)
 	}
 
 	// Every dashboard expression runs against the real series and finds some.

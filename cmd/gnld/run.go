@@ -160,7 +160,8 @@ func newDaemon(cfg *Config, log *slog.Logger) (*daemon, error) {
 	d.metrics = metrics.New(metrics.Sources{Cameras: d.metricsCameras, Publisher: d.metricsPublisher,
 		Model: func() metrics.ModelStats {
 			return metrics.ModelStats{Reloads: d.reloaded.Load(), Refused: d.refused.Load()}
-		}})
+		},
+		Evidence: d.metricsEvidence, Sparkplug: d.metricsSparkplug})
 	for i, cc := range cfg.cameras {
 		c := &camera{d: d, name: cc.name, cfg: cc, metrics: d.metrics.Camera(cc.name)}
 		c.beat.Store(d.clock()) // starting is not being stuck
@@ -395,13 +396,39 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func (d *daemon) metricsCameras() map[string]metrics.CameraStats {
 	out := make(map[string]metrics.CameraStats, len(d.cams))
 	for _, c := range d.cams {
-		s := c.cap.Stats()
-		out[c.name] = metrics.CameraStats{
+		s := c.stats() // what the stats topic says
+		m := metrics.CameraStats{
 			Captured: s.Frames, Dropped: s.Dropped, Bad: s.Bad, Reconnects: s.Reconnects, Stalls: s.Stalls, SizeChanges: s.SizeChanges,
-			Scored: c.processed.Load(), Anomalous: c.anomalous.Load(), Skipped: c.skipped.Load(),
+			Scored: s.Processed, Anomalous: s.Anomalous, Skipped: s.Skipped, Refused: s.Refused, Untriggered: s.Untriggered,
 		}
+		if t := s.Trigger; t != nil {
+			m.Trigger = &metrics.TriggerStats{Received: t.Received, Answered: t.Answered, Overflow: t.Overflow, Malformed: t.Malformed,
+				Unanswered: t.Unanswered, NoFrame: t.NoFrame, NotScored: t.NotScored, Waiting: t.Waiting}
+		}
+		if o := s.Changeover; o != nil {
+			m.Changeover = &metrics.ChangeoverStats{Done: o.Done, Refused: o.Refused, BadMessages: o.BadMessages, Unscored: o.Unscored}
+		}
+		out[c.name] = m
 	}
 	return out
+}
+
+func (d *daemon) metricsEvidence() *metrics.EvidenceStats {
+	if d.evidence == nil {
+		return nil
+	}
+	s := d.evidence.Stats()
+	return &metrics.EvidenceStats{Kept: s.Kept, Dropped: s.Dropped, Rejected: s.Rejected, Removed: s.Removed,
+		WriteErrors: s.WriteErrors, Queued: s.Queued, Records: s.Records, Bytes: s.Bytes}
+}
+
+func (d *daemon) metricsSparkplug() *metrics.SparkplugStats {
+	if d.spark == nil {
+		return nil
+	}
+	s := d.spark.Stats()
+	return &metrics.SparkplugStats{Connected: s.Connected, Sent: s.Sent, NotSent: s.NotSent, Dropped: s.Dropped,
+		Births: s.Births, Rebirths: s.Rebirths}
 }
 
 func (d *daemon) metricsPublisher() metrics.PublisherStats {

@@ -211,11 +211,12 @@ func TestTriggerQueueOverflow(t *testing.T) {
 	p := plc(t, b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	port := testbroker.FreePort(t)
 	log, wait := startGnld(t, ctx, baseEnv(t, b.URL(), map[string]string{
 		"GNLD_CAMERAS": "plc=dir:" + dir, "GNLD_CAMERA_PLC_LOOP": "true", "GNLD_CAMERA_PLC_FPS": "30",
 		"GNLD_CAMERA_PLC_TRIGGER": "mqtt", "GNLD_TRIGGER_QUEUE": "2", "GNLD_MODEL_DIR": defaultBundle,
 		"GNLD_STATS_INTERVAL": "1m", "GNLD_LOG_LEVEL": "info", "GNLD_CALIBRATION_DIR": t.TempDir(),
-		"GNLD_SHUTDOWN_TIMEOUT": "60s",
+		"GNLD_SHUTDOWN_TIMEOUT": "60s", "GNLD_HTTP_ADDR": fmt.Sprintf(":%d", port),
 	}))
 	waitOnline(t, sub)
 	const n = 10
@@ -231,7 +232,31 @@ func TestTriggerQueueOverflow(t *testing.T) {
 		}
 		return len(results(t, sub, "plc"))+len(refused) == n
 	})
+	send(t, p, "gnl/test/plc/trigger", "{not json", false)
+	waitFor(t, 5*time.Second, "the malformed trigger counted", func() bool { return strings.Contains(log.String(), "trigger ignored: malformed") })
+	mf := scrape(t, fmt.Sprintf("http://127.0.0.1:%d", port))
 	cams := finalStats(t, sub, cancel, wait)
+	// /metrics says what the stats topic says (no trigger came after the
+	// scrape).
+	st := cams["plc"].Trigger
+	for _, m := range []struct {
+		name   string
+		labels []string
+		want   uint64
+	}{
+		{"gnld_triggers_received_total", nil, st.Received},
+		{"gnld_triggers_answered_total", nil, st.Answered},
+		{"gnld_triggers_refused_total", []string{"reason", "queue_full"}, st.Overflow},
+		{"gnld_triggers_refused_total", []string{"reason", "malformed"}, st.Malformed},
+		{"gnld_triggers_no_frame_total", nil, 0},
+	} {
+		if got := metric(mf, m.name, append([]string{"camera", "plc"}, m.labels...)...); got != float64(m.want) {
+			t.Errorf("/metrics %s%v = %v, want %d (the stats topic)", m.name, m.labels, got, m.want)
+		}
+	}
+	if st.Malformed != 1 {
+		t.Errorf("malformed triggers: %d, want 1", st.Malformed)
+	}
 	var answered []string
 	for _, r := range results(t, sub, "plc") {
 		answered = append(answered, r.PartID)
@@ -243,7 +268,6 @@ func TestTriggerQueueOverflow(t *testing.T) {
 		}
 	}
 	t.Logf("answered %v, refused %v", answered, refused)
-	st := cams["plc"].Trigger
 	if len(refused) == 0 || !slices.Equal(answered, wantAnswered) || st == nil || st.Overflow != uint64(len(refused)) ||
 		st.Received != uint64(len(answered)) || st.Answered != st.Received {
 		t.Errorf("answered %v, want %v; refused %v; stats %+v", answered, wantAnswered, refused, st)

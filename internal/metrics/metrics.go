@@ -6,8 +6,9 @@
 //   - Observed per frame: the daemon's worker calls Camera.Observe after
 //     each scored frame (stage latencies, score, verdict). Camera handles
 //     are safe for concurrent use; each worker holds its own.
-//   - Read at scrape time: counters that capture and publish already keep
-//     (frames, drops, bad frames, reconnects, spool, MQTT state) are read
+//   - Read at scrape time: counters that capture, triggers, changeovers,
+//     the evidence store, Sparkplug B and publish already keep (frames,
+//     drops, bad frames, reconnects, spool, MQTT state...) are read
 //     through the functions in Sources, so that the stats topic and
 //     /metrics can never disagree.
 //
@@ -38,6 +39,43 @@ type CameraStats struct {
 	// SizeChanges: times a camera's frames changed size (the new size is
 	// used from then on).
 	SizeChanges uint64
+	// Refused: connections to a genicam camera that failed because the
+	// camera does not take one of its settings. Untriggered: frames a
+	// software-triggered camera sent without a trigger (discarded).
+	Refused, Untriggered uint64
+	Trigger              *TriggerStats    // nil: the camera is not in trigger mode
+	Changeover           *ChangeoverStats // nil: GNLD_MODEL_ROOT is off
+}
+
+// TriggerStats are a trigger-mode camera's trigger counters.
+type TriggerStats struct {
+	Received, Answered uint64
+	Overflow           uint64 // refused: the queue was full
+	Malformed          uint64 // refused: payload not understood, or retained
+	Unanswered         uint64 // accepted, but the camera stopped first
+	NoFrame            uint64 // answered not_scored: the camera gave no frame
+	NotScored          uint64 // frames captured with no trigger waiting
+	Waiting            int    // in the queue now
+}
+
+// ChangeoverStats are a camera's product changeovers (GNLD_MODEL_ROOT).
+type ChangeoverStats struct {
+	Done, Refused uint64
+	BadMessages   uint64 // product messages that could not be read
+	Unscored      uint64 // frames published as not_scored while a product was refused
+}
+
+// EvidenceStats are the evidence store's counters (GNLD_EVIDENCE_DIR).
+type EvidenceStats struct {
+	Kept, Dropped, Rejected, Removed, WriteErrors uint64
+	Queued, Records                               int
+	Bytes                                         int64
+}
+
+// SparkplugStats are the Sparkplug B edge node's counters (GNLD_SPARKPLUG).
+type SparkplugStats struct {
+	Connected                                bool
+	Sent, NotSent, Dropped, Births, Rebirths uint64
 }
 
 // PublisherStats are the MQTT publisher's counters, read at each scrape.
@@ -69,6 +107,10 @@ type Sources struct {
 	Cameras   func() map[string]CameraStats
 	Publisher func() PublisherStats
 	Model     func() ModelStats
+	// Evidence and Sparkplug return nil while the part is off; their
+	// series are then absent.
+	Evidence  func() *EvidenceStats
+	Sparkplug func() *SparkplugStats
 }
 
 // Stages are the stage label values of gnld_stage_duration_seconds.
@@ -200,6 +242,13 @@ type collector struct {
 	spooled, replayed, spoolLen, spoolDrp *prometheus.Desc
 	mapsSkipped, unacked, spoolWriteFail  *prometheus.Desc
 	sizeChanges, reloads                  *prometheus.Desc
+	refused, untriggered                  *prometheus.Desc
+
+	trigReceived, trigAnswered, trigRefused, trigUnanswered, trigNoFrame, trigQueue *prometheus.Desc
+	notScored, changeovers, productBad                                              *prometheus.Desc
+
+	evKept, evDropped, evRejected, evRemoved, evWriteErr, evQueue, evRecords, evBytes *prometheus.Desc
+	spConnected, spSent, spNotSent, spDropped, spBirths, spRebirths                   *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -231,13 +280,47 @@ func newCollector(src Sources) *collector {
 		sizeChanges: cam("gnld_frames_size_changes_total", "Times the camera's frame size changed; frames of the new size are scored."),
 		reloads: prometheus.NewDesc("gnld_model_reloads_total",
 			"Model reloads (SIGHUP, GNLD_MODEL_WATCH) by result: loaded (in service), refused (the model in service stayed).", []string{"result"}, nil),
+		refused:     cam("gnld_source_refused_total", "Connections to a genicam camera that failed because the camera does not take one of its settings."),
+		untriggered: cam("gnld_frames_untriggered_total", "Frames a software-triggered camera sent without a trigger; discarded."),
+
+		trigReceived:   cam("gnld_triggers_received_total", "Trigger messages accepted into the camera's queue."),
+		trigAnswered:   cam("gnld_triggers_answered_total", "Triggers answered with a result (scored, or not_scored with the reason)."),
+		trigRefused:    prometheus.NewDesc("gnld_triggers_refused_total", "Trigger messages refused, by reason: queue_full, malformed.", []string{"camera", "reason"}, nil),
+		trigUnanswered: cam("gnld_triggers_unanswered_total", "Triggers accepted but not answered because the camera stopped first."),
+		trigNoFrame:    cam("gnld_triggers_no_frame_total", "Triggers of a software-triggered camera answered not_scored because the camera gave no frame."),
+		trigQueue:      cam("gnld_trigger_queue_length", "Triggers waiting for a frame now."),
+		notScored: prometheus.NewDesc("gnld_frames_not_scored_total",
+			"Frames captured but not scored, by reason: no_trigger (trigger mode, no trigger waiting), product_refused (published as not_scored).", []string{"camera", "reason"}, nil),
+		changeovers: prometheus.NewDesc("gnld_changeovers_total",
+			"Product changeovers by result: done (the new product's model in service), refused (unknown product or a bundle that failed its checks).", []string{"camera", "result"}, nil),
+		productBad: cam("gnld_product_messages_bad_total", "Product messages that could not be read."),
+
+		evKept:     one("gnld_evidence_kept_total", "Results queued for the evidence store."),
+		evDropped:  one("gnld_evidence_dropped_total", "Results not kept because the evidence writer's queue was full."),
+		evRejected: one("gnld_evidence_rejected_total", "Results not kept: an unusable frame or map, or a record larger than the store."),
+		evRemoved:  one("gnld_evidence_removed_total", "Evidence records removed to stay within GNLD_EVIDENCE_MAX_MB and GNLD_EVIDENCE_MAX_AGE."),
+		evWriteErr: one("gnld_evidence_write_errors_total", "Evidence records not written: an encoding or file error (a full disk)."),
+		evQueue:    one("gnld_evidence_queue_length", "Evidence records waiting for the writer now."),
+		evRecords:  one("gnld_evidence_records", "Evidence records on disk."),
+		evBytes:    one("gnld_evidence_bytes", "Size of the evidence store on disk."),
+
+		spConnected: one("gnld_sparkplug_connected", "1 while the Sparkplug B session is up, else 0."),
+		spSent:      one("gnld_sparkplug_ddata_sent_total", "Sparkplug B DDATA messages sent, one per result."),
+		spNotSent:   one("gnld_sparkplug_not_sent_total", "Results with no DDATA: no session was up, or the publish failed (the JSON topics still carry them)."),
+		spDropped:   one("gnld_sparkplug_dropped_total", "Results dropped because the Sparkplug B queue was full."),
+		spBirths:    one("gnld_sparkplug_births_total", "NBIRTH messages sent (sessions and rebirths)."),
+		spRebirths:  one("gnld_sparkplug_rebirths_total", "Rebirth requests (Node Control/Rebirth) answered."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.captured, c.dropped, c.bad, c.skipped, c.scored, c.anomalies, c.reconnects, c.stalls,
 		c.connected, c.disconnects, c.published, c.spooled, c.replayed, c.spoolLen, c.spoolDrp, c.mapsSkipped,
-		c.unacked, c.spoolWriteFail, c.sizeChanges, c.reloads} {
+		c.unacked, c.spoolWriteFail, c.sizeChanges, c.reloads, c.refused, c.untriggered,
+		c.trigReceived, c.trigAnswered, c.trigRefused, c.trigUnanswered, c.trigNoFrame, c.trigQueue,
+		c.notScored, c.changeovers, c.productBad,
+		c.evKept, c.evDropped, c.evRejected, c.evRemoved, c.evWriteErr, c.evQueue, c.evRecords, c.evBytes,
+		c.spConnected, c.spSent, c.spNotSent, c.spDropped, c.spBirths, c.spRebirths} {
 		ch <- d
 	}
 }
@@ -245,6 +328,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	if c.src.Cameras != nil {
 		for name, s := range c.src.Cameras() {
@@ -257,6 +343,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.reconnects, s.Reconnects, name)
 			counter(c.stalls, s.Stalls, name)
 			counter(c.sizeChanges, s.SizeChanges, name)
+			counter(c.refused, s.Refused, name)
+			counter(c.untriggered, s.Untriggered, name)
+			if t := s.Trigger; t != nil {
+				counter(c.trigReceived, t.Received, name)
+				counter(c.trigAnswered, t.Answered, name)
+				counter(c.trigRefused, t.Overflow, name, "queue_full")
+				counter(c.trigRefused, t.Malformed, name, "malformed")
+				counter(c.trigUnanswered, t.Unanswered, name)
+				counter(c.trigNoFrame, t.NoFrame, name)
+				gauge(c.trigQueue, float64(t.Waiting), name)
+				counter(c.notScored, t.NotScored, name, "no_trigger")
+			}
+			if o := s.Changeover; o != nil {
+				counter(c.changeovers, o.Done, name, "done")
+				counter(c.changeovers, o.Refused, name, "refused")
+				counter(c.productBad, o.BadMessages, name)
+				counter(c.notScored, o.Unscored, name, "product_refused")
+			}
 		}
 	}
 	if c.src.Publisher != nil {
@@ -280,5 +384,31 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		m := c.src.Model()
 		counter(c.reloads, m.Reloads, "loaded")
 		counter(c.reloads, m.Refused, "refused")
+	}
+	if c.src.Evidence != nil {
+		if e := c.src.Evidence(); e != nil {
+			counter(c.evKept, e.Kept)
+			counter(c.evDropped, e.Dropped)
+			counter(c.evRejected, e.Rejected)
+			counter(c.evRemoved, e.Removed)
+			counter(c.evWriteErr, e.WriteErrors)
+			gauge(c.evQueue, float64(e.Queued))
+			gauge(c.evRecords, float64(e.Records))
+			gauge(c.evBytes, float64(e.Bytes))
+		}
+	}
+	if c.src.Sparkplug != nil {
+		if p := c.src.Sparkplug(); p != nil {
+			up := 0.0
+			if p.Connected {
+				up = 1
+			}
+			gauge(c.spConnected, up)
+			counter(c.spSent, p.Sent)
+			counter(c.spNotSent, p.NotSent)
+			counter(c.spDropped, p.Dropped)
+			counter(c.spBirths, p.Births)
+			counter(c.spRebirths, p.Rebirths)
+		}
 	}
 }

@@ -62,9 +62,16 @@ func TestScrape(t *testing.T) {
 	dropped.Store(7)
 	m := New(Sources{
 		Cameras: func() map[string]CameraStats {
-			return map[string]CameraStats{"line1": {Captured: 10, Dropped: dropped.Load(), Scored: 3, Anomalous: 1, Skipped: 2, Reconnects: 4}}
+			return map[string]CameraStats{
+				"line1": {Captured: 10, Dropped: dropped.Load(), Scored: 3, Anomalous: 1, Skipped: 2, Reconnects: 4},
+				"gige": {Refused: 2, Untriggered: 1,
+					Trigger:    &TriggerStats{Received: 12, Answered: 11, Overflow: 3, Malformed: 4, NoFrame: 2, NotScored: 5, Waiting: 1},
+					Changeover: &ChangeoverStats{Done: 6, Refused: 1, BadMessages: 2, Unscored: 8}},
+			}
 		},
 		Publisher: func() PublisherStats { return PublisherStats{Connected: true, SpoolLen: 5, Published: 9} },
+		Evidence:  func() *EvidenceStats { return &EvidenceStats{Kept: 20, Removed: 3, Records: 17, Bytes: 4096} },
+		Sparkplug: func() *SparkplugStats { return nil }, // off
 	})
 	m.SetModels([]ModelInfo{{"old", "1", "aa"}})
 	m.SetModels([]ModelInfo{{"gnl", "2", "bb"}}) // a swap replaces the info series
@@ -94,6 +101,23 @@ func TestScrape(t *testing.T) {
 		{"gnld_score", map[string]string{"camera": "line1"}, 3},
 		{"gnld_threshold", map[string]string{"camera": "line1"}, 2},
 		{"gnld_model_info", map[string]string{"name": "gnl", "version": "2", "sha256": "bb"}, 1},
+		{"gnld_source_refused_total", map[string]string{"camera": "gige"}, 2},
+		{"gnld_frames_untriggered_total", map[string]string{"camera": "gige"}, 1},
+		{"gnld_triggers_received_total", map[string]string{"camera": "gige"}, 12},
+		{"gnld_triggers_answered_total", map[string]string{"camera": "gige"}, 11},
+		{"gnld_triggers_refused_total", map[string]string{"camera": "gige", "reason": "queue_full"}, 3},
+		{"gnld_triggers_refused_total", map[string]string{"camera": "gige", "reason": "malformed"}, 4},
+		{"gnld_triggers_no_frame_total", map[string]string{"camera": "gige"}, 2},
+		{"gnld_trigger_queue_length", map[string]string{"camera": "gige"}, 1},
+		{"gnld_frames_not_scored_total", map[string]string{"camera": "gige", "reason": "no_trigger"}, 5},
+		{"gnld_frames_not_scored_total", map[string]string{"camera": "gige", "reason": "product_refused"}, 8},
+		{"gnld_changeovers_total", map[string]string{"camera": "gige", "result": "done"}, 6},
+		{"gnld_changeovers_total", map[string]string{"camera": "gige", "result": "refused"}, 1},
+		{"gnld_product_messages_bad_total", map[string]string{"camera": "gige"}, 2},
+		{"gnld_evidence_kept_total", nil, 20},
+		{"gnld_evidence_removed_total", nil, 3},
+		{"gnld_evidence_records", nil, 17},
+		{"gnld_evidence_bytes", nil, 4096},
 	} {
 		s, ok := value(mf, tc.name, tc.labels)
 		if !ok {
@@ -110,6 +134,13 @@ func TestScrape(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
 		}
+	}
+	// A camera not in trigger mode, and a part that is off, have no series.
+	if _, ok := value(mf, "gnld_triggers_received_total", map[string]string{"camera": "line1"}); ok {
+		t.Error("trigger series for line1, which is not in trigger mode")
+	}
+	if _, ok := mf["gnld_sparkplug_connected"]; ok {
+		t.Error("Sparkplug series while Sparkplug is off")
 	}
 	if n := len(mf["gnld_model_info"].Metric); n != 1 {
 		t.Errorf("gnld_model_info has %d series after a swap, want 1", n)
