@@ -110,6 +110,10 @@ type Camera struct {
 	seq      uint64
 	lastFile string    // last file of a folder handed on or skipped
 	sizeWarn time.Time // rate-limits the size change warning
+	// next is when the next frame is due under FPS. It outlives a
+	// session, so that a looping folder or file keeps its rate from one
+	// pass to the next (a pass's first frame waits its interval too).
+	next time.Time
 
 	frames, dropped, bad, reconnects, stalls, sizeChanges, refused, untriggered atomic.Uint64
 
@@ -240,7 +244,6 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 	watchdog := time.NewTimer(c.cfg.ReadTimeout)
 	defer watchdog.Stop()
 	var size image.Point // of this connection's last good frame
-	var next time.Time   // FPS pacing
 	for {
 		select {
 		case <-ctx.Done():
@@ -272,6 +275,9 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 					first()
 					first = nil
 				}
+				if c.cfg.FPS > 0 { // wait for this frame's turn
+					c.next = pace(ctx, c.next, c.cfg.FPS)
+				}
 				c.seq++
 				f := Frame{Camera: c.cfg.Name, Seq: c.seq, Time: r.at, File: r.file, Mat: mat}
 				if !c.handOn(ctx, f) {
@@ -279,9 +285,6 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 				}
 				c.frames.Add(1)
 				delivered++
-				if c.cfg.FPS > 0 {
-					next = pace(ctx, next, c.cfg.FPS)
-				}
 			}
 			watchdog.Reset(c.cfg.ReadTimeout)
 		}
@@ -396,8 +399,8 @@ func (c *Camera) handOn(ctx context.Context, f Frame) bool {
 	return true
 }
 
-// pace sleeps until next (or ctx is done) and returns the time the frame
-// after it is due.
+// pace sleeps until next, when a frame is due (the zero time: at once),
+// or until ctx is done, and returns the time the frame after it is due.
 func pace(ctx context.Context, next time.Time, fps float64) time.Time {
 	now := time.Now()
 	if next.After(now) {

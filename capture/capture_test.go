@@ -358,3 +358,38 @@ func TestWatchdogAbandonsBlockedRead(t *testing.T) {
 		}
 	}
 }
+
+// GNLD_CAMERA_<NAME>_FPS holds across the passes of a looping folder: the
+// first frame of a pass waits its interval after the last of the pass
+// before, as every other frame does. (Before, each pass started at once:
+// 2 images at 10 fps gave 8 frames in 0.4 s instead of 0.7 s.)
+func TestFPSHoldsAcrossLoopPasses(t *testing.T) {
+	dir := t.TempDir()
+	writeImages(t, dir, 2, 8, 8)
+	cfg := testConfig("c", "dir:"+dir)
+	cfg.Loop = true
+	cfg.FPS = 10
+	cam, _ := New(cfg, testLogger(t))
+	stop := start(t, cam)
+	defer stop()
+	// Frames are handed on at the rate (Frame.Time is when the image was
+	// read, which runs one frame ahead). The gaps are measured where the
+	// frames arrive; the slack covers this goroutine waking late, and a
+	// loaded machine only makes gaps longer.
+	const interval = 100 * time.Millisecond
+	var first, last time.Time
+	for i := range 8 { // four passes
+		f, _ := next(t, cam, 5*time.Second)
+		now := time.Now()
+		if i == 0 {
+			first = now
+		} else if gap := now.Sub(last); gap < interval/2 {
+			t.Errorf("frame %d (%s) came %s after the one before; want about %s at 10 fps", i+1, f.File, gap, interval)
+		}
+		last = now
+		f.Close()
+	}
+	if span := last.Sub(first); span < 7*interval-100*time.Millisecond {
+		t.Errorf("8 frames in %s; want about %s at 10 fps", span, 7*interval)
+	}
+}

@@ -235,3 +235,83 @@ func TestSiteBridge(t *testing.T) {
 			lost, twice, during, perConsumer)
 	}
 }
+
+// The shipped centre configuration (systemd/mosquitto-centre.conf) keeps
+// the share of a consumer that is away: two consumers share one
+// subscription with persistent sessions, one goes away while 3,000
+// results arrive, and comes back. Every result reaches one of them, none
+// both. (With mosquitto's default queue of 1,000, 500 are lost.)
+func TestCentreQueuesForAwayConsumer(t *testing.T) {
+	shipped, err := os.ReadFile("../../systemd/mosquitto-centre.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queue []string // the queue settings; listener and TLS are the test broker's own
+	for _, line := range strings.Split(string(shipped), "\n") {
+		if strings.HasPrefix(line, "max_queued_") {
+			queue = append(queue, line)
+		}
+	}
+	if len(queue) != 2 {
+		t.Fatalf("mosquitto-centre.conf: want max_queued_messages and max_queued_bytes, got %q", queue)
+	}
+	centre := testbroker.StartConf(t, strings.Join(queue, "\n"))
+	var mu sync.Mutex
+	got := map[string]map[string]int{"historian-1": {}, "historian-2": {}}
+	join := func(name string) mqtt.Client {
+		cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(centre.URL()).SetClientID(name).
+			SetCleanSession(false).SetOrderMatters(false))
+		if tok := cl.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("%s connect: %v", name, tok.Error())
+		}
+		tok := cl.Subscribe("$share/historian/gnl/+/+/result", 1, func(_ mqtt.Client, m mqtt.Message) {
+			mu.Lock()
+			got[name][string(m.Payload())]++
+			mu.Unlock()
+		})
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("%s subscribe: %v", name, tok.Error())
+		}
+		return cl
+	}
+	h1, h2 := join("historian-1"), join("historian-2")
+	defer h1.Disconnect(100)
+	h2.Disconnect(100) // away: its persistent session stays in the group
+
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(centre.URL()).SetClientID("bridge-site1"))
+	if tok := pub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(100)
+	const n = 3000
+	for i := range n {
+		if tok := pub.Publish("gnl/site1/line1/result", 1, false, fmt.Sprint(i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	h2 = join("historian-2") // back: what was queued for it arrives
+	defer h2.Disconnect(100)
+	counts := func() (union, both, h2n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range n {
+			a, b := got["historian-1"][fmt.Sprint(i)], got["historian-2"][fmt.Sprint(i)]
+			if a+b > 0 {
+				union++
+			}
+			if a > 0 && b > 0 {
+				both++
+			}
+		}
+		return union, both, len(got["historian-2"])
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for u, _, _ := counts(); u < n && time.Now().Before(deadline); u, _, _ = counts() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	union, both, away := counts()
+	t.Logf("%d of %d results reached a consumer, %d of them the one that was away, %d both", union, n, away, both)
+	if union != n || both != 0 || away == 0 {
+		t.Errorf("%d of %d results reached a consumer (%d the one that was away), %d both; want all, none both", union, n, away, both)
+	}
+}

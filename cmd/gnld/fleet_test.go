@@ -212,9 +212,7 @@ func TestFleet(t *testing.T) {
 	}
 	const devices, perSite, cameras = 20, 10, 2
 
-	// 8 images a folder: capture's pacing starts afresh with each pass
-	// through a folder (a pass's first frame follows the last one of the
-	// pass before at once), so a camera at 2 fps gives 8 frames in 3.5 s.
+	// Two folders of 8 images, looped at GNLD_FLEET_FPS (2 by default).
 	dirA, _ := mtdSamples(t, 8, "good")
 	dirB, _ := mtdSamples(t, 4, "good", "crack")
 	bundle, err := filepath.Abs(tinyBundle)
