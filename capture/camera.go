@@ -110,10 +110,10 @@ type Camera struct {
 	seq      uint64
 	lastFile string    // last file of a folder handed on or skipped
 	sizeWarn time.Time // rate-limits the size change warning
-	// next is when the next frame is due under FPS. It outlives a
-	// session, so that a looping folder or file keeps its rate from one
-	// pass to the next (a pass's first frame waits its interval too).
-	next time.Time
+	// due is when the last frame handed on was due under FPS. It
+	// outlives a session, so that a looping folder or file keeps its rate
+	// from one pass to the next.
+	due time.Time
 
 	frames, dropped, bad, reconnects, stalls, sizeChanges, refused, untriggered atomic.Uint64
 
@@ -275,9 +275,6 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 					first()
 					first = nil
 				}
-				if c.cfg.FPS > 0 { // wait for this frame's turn
-					c.next = pace(ctx, c.next, c.cfg.FPS)
-				}
 				c.seq++
 				f := Frame{Camera: c.cfg.Name, Seq: c.seq, Time: r.at, File: r.file, Mat: mat}
 				if !c.handOn(ctx, f) {
@@ -285,6 +282,9 @@ func (c *Camera) session(ctx context.Context, first func()) (delivered int, err 
 				}
 				c.frames.Add(1)
 				delivered++
+				if c.cfg.FPS > 0 { // the next read is taken when it is due
+					c.due = pace(ctx, c.due, c.cfg.FPS)
+				}
 			}
 			watchdog.Reset(c.cfg.ReadTimeout)
 		}
@@ -399,18 +399,25 @@ func (c *Camera) handOn(ctx context.Context, f Frame) bool {
 	return true
 }
 
-// pace sleeps until next, when a frame is due (the zero time: at once),
-// or until ctx is done, and returns the time the frame after it is due.
-func pace(ctx context.Context, next time.Time, fps float64) time.Time {
+// pace is called after a frame due at due was handed on (the zero time:
+// the camera's first frame, due now). It sleeps until the next frame is
+// due, one interval after due, or until ctx is done, and returns that
+// time. A frame handed on late (a slow consumer or source) makes the next
+// one due at once, without a burst to catch up.
+func pace(ctx context.Context, due time.Time, fps float64) time.Time {
 	now := time.Now()
-	if next.After(now) {
-		t := time.NewTimer(next.Sub(now))
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		now = next
+	if due.IsZero() {
+		due = now
 	}
-	return now.Add(time.Duration(float64(time.Second) / fps))
+	next := due.Add(time.Duration(float64(time.Second) / fps))
+	if next.Before(now) {
+		return now
+	}
+	t := time.NewTimer(next.Sub(now))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return next
 }
