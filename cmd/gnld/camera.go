@@ -162,12 +162,9 @@ func (c *camera) runTriggered() error {
 		case t := <-next:
 			cur = &t
 			if c.cap.Triggered() {
-				fired, err := c.fire(cur)
-				if err != nil {
+				var err error
+				if cur, err = c.fire(cur); err != nil {
 					return err
-				}
-				if !fired {
-					cur = nil
 				}
 				d.beat(c)
 			}
@@ -206,27 +203,23 @@ func (c *camera) runTriggered() error {
 			q.answered.Add(1)
 			cur = nil
 		} else if c.cap.Triggered() { // which the camera gives when triggered again
-			fired, err := c.fire(cur)
-			if err != nil {
+			if cur, err = c.fire(cur); err != nil {
 				return err
-			}
-			if !fired {
-				cur = nil
 			}
 		}
 		d.beat(c)
 	}
 }
 
-// fire fires a software-triggered camera's trigger for t. It reports
-// whether the frame that answers t is on the camera's Frames; if not, it
-// has answered t with a not_scored result that says why (no frame, so no
-// sequence number), counted in no_frame: the PLC gets an answer for every
-// part it triggered.
-func (c *camera) fire(t *trigger) (bool, error) {
+// fire fires a software-triggered camera's trigger for t. It returns t,
+// still waiting, when the frame that answers it is on the camera's
+// Frames; else nil, having answered t with a not_scored result that says
+// why (no frame, so no sequence number), counted in no_frame: the PLC gets
+// an answer for every part it triggered.
+func (c *camera) fire(t *trigger) (*trigger, error) {
 	err := c.cap.Trigger()
 	if err == nil {
-		return true, nil
+		return t, nil
 	}
 	q := c.trig
 	n := q.noFrame.Add(1)
@@ -238,10 +231,10 @@ func (c *camera) fire(t *trigger) (bool, error) {
 		PartID: t.partID, Trigger: t.fields, LatencyMS: publish.Latency{Trigger: ms(time.Since(t.at))},
 	}
 	if err := c.d.pub.Result(r); err != nil {
-		return false, err
+		return nil, err
 	}
 	c.d.spark.Result(r)
-	return false, nil
+	return nil, nil
 }
 
 // takeNext puts a product changeover (changeover.go) or a scorer made by
